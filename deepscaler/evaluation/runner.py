@@ -1,0 +1,332 @@
+"""``evaluate(EvalConfig)``: sample n responses per problem, score them, report Pass@k, save everything.
+
+DeepScaleR's protocol is the default (16 samples, T 0.6, top-p 0.95, 32 768 response tokens, prompts up to
+1 536 tokens). Generation runs in chunks of problems; each problem is appended to
+``<output-dir>/<dataset>/responses.jsonl`` as soon as it is scored, so a rerun skips finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepscaler.data import encode_prompts, load_problems, resolve_think_prefill
+from deepscaler.data.loading import announce
+from deepscaler.evaluation.report import (
+    AVERAGE,
+    average_row,
+    dataset_metrics,
+    markdown_table,
+    rich_table,
+    write_results,
+)
+from deepscaler.evaluation.responses import ResponseStore
+
+# Settings that change the samples: a resumed run must use the same ones.
+_SAMPLE_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "max_prompt_length",
+                    "think_prefill")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; the defaults are DeepScaleR's evaluation protocol."""
+
+    model: str
+    """Hugging Face Hub id or local folder of the model (also the tokenizer)."""
+    datasets: list[str] = field(default_factory=lambda: ["aime"])
+    """Dataset names (aime, amc, math, minerva, olympiad_bench), .json/.jsonl/.parquet files, saved dataset
+    folders or Hub ids."""
+    output_dir: str | None = None
+    """Where results.json, results.md, settings.json and <dataset>/responses.jsonl go; None keeps nothing
+    on disk (and cannot resume)."""
+    n: int = 16
+    """Samples per problem."""
+    temperature: float = 0.6
+    """Sampling temperature."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Top-k cut-off; -1 disables it."""
+    max_tokens: int = 32768
+    """Longest response in tokens (also capped by max_model_len)."""
+    max_prompt_length: int = 1536
+    """Prompts longer than this many tokens (after the chat template) are dropped, with a printed count."""
+    max_model_len: int | None = None
+    """Engine context length; None: max_prompt_length + max_tokens, capped at the model's
+    max_position_embeddings (with a printed note)."""
+    data_dir: str | None = None
+    """Folder with test/ and train/ problem files; None: env DEEPSCALER_DATA_DIR, ../shared/data/deepscaler,
+    or ~/deepscaler/data."""
+    split: str = "test"
+    """Which split named datasets are read from."""
+    max_problems: int | None = None
+    """Only the first N problems of each dataset (smoke runs)."""
+    problem_key: str | None = None
+    """Column holding the problem text; None auto-detects (problem, question, prompt, …)."""
+    answer_key: str | None = None
+    """Column holding the gold answer; None auto-detects (answer, final_answer, …, boxed solution)."""
+    skip_malformed: bool = False
+    """Drop rows without a usable problem/answer (counted) instead of stopping with an error."""
+    dtype: str = "auto"
+    """Engine dtype (float32, bfloat16, float16, auto)."""
+    precision: str = "auto"
+    """Precision preset for the engine (bf16-mixed, fp16-mixed, fp32, fp32-fast, auto)."""
+    attention_backend: str = "auto"
+    """vLLM attention backend, or auto (resolved and explained by deepscaler.precision)."""
+    gpu_memory_utilization: float | None = None
+    """Fraction of device memory for vLLM; None: 0.9 with a CUDA GPU, 0.1 on CPU."""
+    tensor_parallel_size: int = 1
+    """Tensor-parallel degree of the engine."""
+    seed: int = 0
+    """Engine and sampling seed: the same seed, model and settings give the same samples."""
+    chunk_size: int = 64
+    """Problems per generate call; each finished chunk is scored and saved before the next."""
+    think_prefill: str = "auto"
+    """Does the chat template open <think> in the prompt? auto (detect), yes or no; decides the reward's
+    parsing (prompt_opens_think)."""
+    reward: Any = None
+    """A deepscaler.rewards.RewardConfig, or None for its defaults."""
+    reward_workers: int | None = None
+    """Processes for scoring; None lets the reward module choose."""
+    resume: bool = True
+    """Skip problems already in responses.jsonl; False deletes earlier responses first."""
+    progress: bool = True
+    """Show a progress bar (problems, tokens/s)."""
+    print_table: bool = True
+    """Print the results table when done."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.datasets, str):
+            self.datasets = [self.datasets]
+        checks = [(self.n >= 1, "n must be >= 1 (--n)"), (self.max_tokens >= 1, "max_tokens must be >= 1"),
+                  (self.max_prompt_length >= 1, "max_prompt_length must be >= 1"),
+                  (self.chunk_size >= 1, "chunk_size must be >= 1"), (bool(self.datasets), "datasets is empty"),
+                  (self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p in (0, 1]")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"EvalConfig: {message}")
+
+
+def dataset_label(spec: str) -> str:
+    """Folder/row name for a dataset spec: the name, a file's stem, or a Hub id with '/' → '__'."""
+    path = Path(spec)
+    if path.suffix.lower() in (".json", ".jsonl", ".parquet"):
+        return path.stem
+    return spec.rstrip("/").replace("/", "__") if not path.is_dir() else path.name
+
+
+def resolve_max_model_len(config: EvalConfig) -> tuple[int, str]:
+    """Engine context length and why: prompt + response, capped at the model's position limit."""
+    if config.max_model_len is not None:
+        return config.max_model_len, "given by --max-model-len"
+    wanted = config.max_prompt_length + config.max_tokens
+    limit = None
+    try:
+        from transformers import AutoConfig
+
+        limit = getattr(AutoConfig.from_pretrained(config.model), "max_position_embeddings", None)
+    except Exception as err:  # noqa: BLE001 - without a config we cannot cap; vLLM will check
+        return wanted, f"max_prompt_length + max_tokens (model config unreadable: {err})"
+    if limit is not None and wanted > limit:
+        return limit, (f"max_prompt_length {config.max_prompt_length} + max_tokens {config.max_tokens} = {wanted} "
+                       f"exceeds the model's max_position_embeddings {limit}: capped to {limit}, so responses "
+                       "stop when prompt + response reach it")
+    return wanted, f"max_prompt_length {config.max_prompt_length} + max_tokens {config.max_tokens}"
+
+
+def resolve_gpu_memory_utilization(requested: float | None) -> tuple[float, str]:
+    """0.9 of a CUDA GPU (DeepScaleR's setting) or 0.1 on CPU, unless given."""
+    if requested is not None:
+        return requested, "given by --gpu-memory-utilization"
+    import torch
+
+    if torch.cuda.is_available():
+        return 0.9, "CUDA GPU present: 0.9 as in DeepScaleR's eval script"
+    return 0.1, "no CUDA GPU: 0.1 (vLLM on CPU)"
+
+
+def _settings(config: EvalConfig) -> dict[str, Any]:
+    settings = asdict(config)
+    settings["reward"] = repr(config.reward)
+    return settings
+
+
+def _check_settings(output_dir: Path, config: EvalConfig) -> None:
+    """Refuse to mix samples drawn with different settings in one output folder."""
+    path = output_dir / "settings.json"
+    if not (config.resume and path.is_file()):
+        return
+    before = json.loads(path.read_text())
+    now = _settings(config)
+    changed = [k for k in _SAMPLE_SETTINGS if k in before and before[k] != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {before[k]!r} → {now[k]!r}" for k in changed)
+        raise ValueError(f"{output_dir} holds responses sampled with other settings ({diffs}). Fix: use another "
+                         "--output-dir, or --no-resume to discard them")
+
+
+class _LazyEngine:
+    """Starts the rollout engine on first use, so a fully resumed run starts nothing."""
+
+    def __init__(self, config: EvalConfig, engine: Any = None) -> None:
+        self.config, self.engine, self.owned = config, engine, False
+        self.max_model_len: int | None = getattr(getattr(engine, "config", None), "max_model_len", None)
+        if engine is None:
+            self.max_model_len, reason = resolve_max_model_len(config)
+            announce(f"[deepscaler.eval] max_model_len {self.max_model_len} ({reason})")
+
+    def get(self) -> Any:
+        if self.engine is None:
+            from deepscaler.rollout import EngineConfig, RolloutEngine
+
+            utilization, reason = resolve_gpu_memory_utilization(self.config.gpu_memory_utilization)
+            announce(f"[deepscaler.eval] gpu_memory_utilization {utilization} ({reason})")
+            self.engine = RolloutEngine(EngineConfig(
+                model=self.config.model, dtype=self.config.dtype, precision=self.config.precision,
+                attention_backend=self.config.attention_backend, max_model_len=self.max_model_len,
+                gpu_memory_utilization=utilization, seed=self.config.seed,
+                tensor_parallel_size=self.config.tensor_parallel_size))
+            self.owned = True
+        return self.engine
+
+    def close(self) -> None:
+        if self.owned and self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def _load_tokenizer(config: EvalConfig, engine: Any) -> Any:
+    if engine is not None:
+        return engine.tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(config.model)
+
+
+def evaluate(config: EvalConfig, engine: Any = None) -> dict[str, dict[str, Any]]:
+    """Evaluate ``config.model`` on ``config.datasets``; returns dataset → metrics plus "average".
+
+    Metrics per dataset: pass@k (fractions) for k in powers of two ≤ n and n, ``n``, ``problems``,
+    ``dropped`` (prompts over the length limit), ``mean_response_tokens``, ``truncated_fraction``.
+    ``engine``: an existing ``RolloutEngine`` (e.g. the trainer's, with current weights); it is not closed.
+    Without one, an engine is started only if some problem still needs generating.
+    """
+    from deepscaler.rollout import SamplingSettings
+
+    out = Path(config.output_dir) if config.output_dir else None
+    if out is not None:
+        _check_settings(out, config)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "settings.json").write_text(json.dumps(_settings(config), indent=2, default=str) + "\n")
+    tokenizer = _load_tokenizer(config, engine)
+    prompt_opens_think, _ = resolve_think_prefill(tokenizer, config.think_prefill)
+    engines = _LazyEngine(config, engine)
+    prompt_limit = config.max_prompt_length
+    if engines.max_model_len is not None:
+        prompt_limit = min(prompt_limit, engines.max_model_len - 1)  # vLLM needs room for one new token
+    sampling = SamplingSettings(n=config.n, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                max_tokens=config.max_tokens, seed=config.seed, logprobs=False)
+    correct_reward = getattr(config.reward, "correct_reward", 1.0)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for spec in config.datasets:
+            label = dataset_label(spec)
+            problems = load_problems(spec, data_dir=config.data_dir, split=config.split,
+                                     problem_key=config.problem_key, answer_key=config.answer_key,
+                                     limit=config.max_problems,
+                                     on_malformed="skip" if config.skip_malformed else "error")
+            encoded = encode_prompts(problems, tokenizer, prompt_limit, label=label)
+            store = ResponseStore(out / label / "responses.jsonl") if out is not None else None
+            finished = _load_finished(store, config, label)
+            todo = [(p, ids) for p, ids in zip(encoded.problems, encoded.prompt_token_ids, strict=True)
+                    if p.id not in finished]
+            if len(todo) < len(encoded.problems):
+                print(f"[deepscaler.eval] {label}: {len(encoded.problems) - len(todo)} of {len(encoded.problems)} "
+                      "problems already done (resumed from responses.jsonl)", flush=True)
+            try:
+                _generate_and_score(todo, engines, sampling, config, prompt_opens_think, store, finished, label)
+            finally:
+                if store is not None:
+                    store.close()
+            records = [finished[p.id] for p in encoded.problems]
+            metrics = dataset_metrics(
+                [[s >= correct_reward - 1e-9 for s in r["scores"]] for r in records],
+                [r["response_tokens"] for r in records], [r["finish_reasons"] for r in records])
+            metrics["dropped"] = len(encoded.dropped)
+            results[label] = metrics
+    finally:
+        engines.close()
+    results[AVERAGE] = average_row(results)
+    if out is not None:
+        write_results(out, results)
+    if config.print_table:
+        _print_table(results, config)
+    return results
+
+
+def _load_finished(store: ResponseStore | None, config: EvalConfig, label: str) -> dict[str, dict[str, Any]]:
+    if store is None:
+        return {}
+    if not config.resume:
+        store.reset()
+        return {}
+    finished = store.load()
+    wrong_n = [pid for pid, r in finished.items() if len(r.get("scores", [])) != config.n]
+    if wrong_n:
+        raise ValueError(f"{store.path}: {len(wrong_n)} records have a different number of samples than n={config.n} "
+                         f"(e.g. {wrong_n[0]}). Fix: use another --output-dir, or --no-resume to discard them")
+    return finished
+
+
+def _generate_and_score(todo: list, engines: _LazyEngine, sampling: Any, config: EvalConfig,
+                        prompt_opens_think: bool, store: ResponseStore | None, finished: dict, label: str) -> None:
+    """Generate ``todo`` in chunks; score and save each problem as soon as its chunk is done."""
+    if not todo:
+        return
+    from tqdm.auto import tqdm
+
+    from deepscaler.rewards import score_responses
+
+    engine = engines.get()  # started before the bar so its log lines do not interleave with it
+    generated_tokens, generate_seconds = 0, 0.0
+    with tqdm(total=len(todo), desc=label, unit="problem", disable=not config.progress) as bar:
+        for start in range(0, len(todo), config.chunk_size):
+            chunk = todo[start:start + config.chunk_size]
+            began = time.perf_counter()
+            groups = engine.generate([ids for _, ids in chunk], sampling)
+            generate_seconds += time.perf_counter() - began
+            texts = [c.text for group in groups for c in group]
+            golds = [problem.answers for problem, _ in chunk for _ in range(config.n)]
+            scores = score_responses(texts, golds, config.reward, prompt_opens_think=prompt_opens_think,
+                                     num_workers=config.reward_workers)
+            for index, ((problem, prompt_ids), group) in enumerate(zip(chunk, groups, strict=True)):
+                record = {
+                    "id": problem.id,
+                    "problem": problem.problem,
+                    "gold": problem.answers,
+                    "responses": [c.text for c in group],
+                    "scores": [float(s) for s in scores[index * config.n:(index + 1) * config.n]],
+                    "finish_reasons": [c.finish_reason for c in group],
+                    "prompt_tokens": len(prompt_ids),
+                    "response_tokens": [len(c.token_ids) for c in group],
+                }
+                finished[problem.id] = record
+                if store is not None:
+                    store.append(record)
+                generated_tokens += sum(record["response_tokens"])
+            if store is not None:
+                store.sync()
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{generated_tokens / max(generate_seconds, 1e-9):.0f}")
+
+
+def _print_table(results: dict[str, dict[str, Any]], config: EvalConfig) -> None:
+    try:
+        from rich.console import Console
+
+        Console().print(rich_table(results, title=f"{config.model} — Pass@k (%)"))
+    except ImportError:  # rich is a dependency; plain markdown if it is somehow missing
+        print(markdown_table(results))
