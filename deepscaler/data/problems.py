@@ -58,19 +58,9 @@ def _row_error(where: str, row: int, message: str, hint: str = _ROW_HINT) -> Row
 
 def last_boxed_content(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` in ``text`` with braces matched, or None if there is none."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth = 0
-    begin = start + len("\\boxed{")
-    for pos in range(begin - 1, len(text)):
-        if text[pos] == "{":
-            depth += 1
-        elif text[pos] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[begin:pos]
-    return None
+    from deepscaler.rewards import extract_boxed
+
+    return extract_boxed(text)
 
 
 def number_to_answer(value: int | float) -> str:
