@@ -1,0 +1,367 @@
+"""Choose the attention backend for the trainer (transformers) and the rollout engine (vLLM), with reasons.
+
+``resolve_attention`` is a pure function of (engine, model geometry, precision policy, request, environment
+probe); every branch is forced in tests with hand-built probes. It decides on the *effective compute dtype*
+(autocast / FSDP mixed precision for the trainer, the vLLM dtype for rollout), so fp32 master weights with bf16
+compute keep flash attention, and fp32 compute never reaches a 16-bit-only kernel. For vLLM it returns the
+engine argument (``attention_backend=``) or, for versions where that was the mechanism, the environment
+variable, and never a backend name the installed version does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepscaler.precision.capabilities import (
+    HALF,
+    TRAINER_BACKENDS,
+    TRAINER_PREFERENCE,
+    VLLM_BACKENDS,
+    BackendCapability,
+    HeadDims,
+    VllmEra,
+    requirement_problem,
+    trainer_generation,
+    vllm_era,
+)
+from deepscaler.precision.policy import PrecisionPolicy, get_policy
+from deepscaler.precision.probe import EnvironmentProbe, parse_version, probe_environment
+
+logger = logging.getLogger("deepscaler.precision")
+
+ENGINES = ("trainer", "rollout")
+ON_INCOMPATIBLE = ("fallback", "error")
+FA_FALSE_ALARM_NOTE = ("master weights are float32, so transformers warns at load that flash attention needs "
+                       "fp16/bf16; the forward runs in {compute} (autocast / FSDP mixed precision), so that "
+                       "warning is a false alarm and load_causal_lm filters it")
+
+
+class AttentionBackendError(ValueError):
+    """An explicit backend request is incompatible and ``on_incompatible="error"``."""
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """The attention shape of a model: what backends care about."""
+
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key/value heads (< num_heads means GQA)."""
+    head_dim: int
+    """Per-head dimension."""
+    sliding_window: int | None = None
+    """Window size when sliding-window attention is active, else None."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelGeometry:
+        """From a HF PretrainedConfig (or a dict / ModelGeometry / None = Qwen2-1.5B geometry)."""
+        if config is None:
+            return QWEN2_1_5B
+        if isinstance(config, ModelGeometry):
+            return config
+        if isinstance(config, dict):
+            from types import SimpleNamespace
+
+            config = SimpleNamespace(**config)
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        heads = getattr(config, "num_attention_heads", None)
+        if not heads:
+            raise ValueError("model_config has no num_attention_heads; pass a HF PretrainedConfig or "
+                             "ModelGeometry(num_heads=, num_kv_heads=, head_dim=)")
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        window = getattr(config, "sliding_window", None)
+        if not getattr(config, "use_sliding_window", window is not None):
+            window = None  # Qwen2 configs carry a sliding_window value with use_sliding_window=False
+        return cls(int(heads), int(kv_heads), int(head_dim), int(window) if window else None)
+
+
+QWEN2_1_5B = ModelGeometry(num_heads=12, num_kv_heads=2, head_dim=128)
+"""DeepSeek-R1-Distill-Qwen-1.5B / Qwen2-1.5B attention geometry (hidden 1536)."""
+
+
+@dataclass
+class AttentionDecision:
+    """The chosen backend for one engine, why, and how to apply it."""
+
+    engine: str
+    """'trainer' or 'rollout'."""
+    backend: str | None
+    """transformers ``attn_implementation`` (trainer) or the vLLM backend name as the installed vLLM spells it
+    (rollout); None = leave the choice to vLLM (only when it has nothing to choose or is absent)."""
+    reason: str
+    """Why this backend (one sentence)."""
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """Alternatives considered, each with the reason it lost."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """kwargs for ``vllm.LLM(...)`` (rollout), e.g. ``{"attention_backend": "TRITON_ATTN"}``."""
+    env_vars: dict[str, str] = field(default_factory=dict)
+    """Environment variables to set before importing vLLM (only vLLM < 0.13, where that was the mechanism)."""
+    compute_dtype: str = "float32"
+    """dtype the attention kernel actually sees."""
+    request: str = "auto"
+    """What was asked for."""
+    fell_back: bool = False
+    """True when an explicit request was incompatible and ``auto`` chose instead."""
+    notes: list[str] = field(default_factory=list)
+    """Caveats (false-alarm warnings, TF32, dispatch surprises)."""
+
+    def describe(self) -> str:
+        """One line for start-up logs."""
+        chosen = self.backend or "vLLM default"
+        rejected = ", ".join(f"{name}({why})" for name, why in self.rejected[:6])
+        more = f" +{len(self.rejected) - 6} more" if len(self.rejected) > 6 else ""
+        line = f"attention[{self.engine}]={chosen} compute={self.compute_dtype} request={self.request}: {self.reason}"
+        if rejected:
+            line += f"; rejected: {rejected}{more}"
+        if self.notes:
+            line += "; notes: " + " | ".join(self.notes)
+        return line
+
+
+_LOGGED: set[str] = set()
+
+
+def log_decision(decision: AttentionDecision, log: logging.Logger | None = None) -> bool:
+    """Log ``decision.describe()`` once per process per distinct decision; True when it was logged now."""
+    line = decision.describe()
+    if line in _LOGGED:
+        return False
+    _LOGGED.add(line)
+    (log or logger).log(logging.WARNING if decision.fell_back else logging.INFO, line)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _device(env: EnvironmentProbe) -> str:
+    return "rocm" if env.device_type == "cuda" and env.is_rocm else env.device_type
+
+
+def _problems(cap: BackendCapability, dtype: str, geometry: ModelGeometry, env: EnvironmentProbe) -> list[str]:
+    """Reasons ``cap`` cannot run (empty = compatible)."""
+    problems = []
+    device = _device(env)
+    if dtype not in cap.dtypes:
+        accepted = "/".join(sorted(cap.dtypes - {"float64"}))
+        problems.append(f"{dtype} compute unsupported (accepts {accepted})")
+    if device not in cap.devices:
+        problems.append(f"runs on {'/'.join(sorted(cap.devices))}, this is {device}")
+    elif device == "cuda" and cap.min_cc and env.compute_capability and env.compute_capability < cap.min_cc:
+        problems.append(f"needs sm{cap.min_cc[0]}{cap.min_cc[1]}+, have {env.cc_label}")
+    if not cap.head_dims.accepts(geometry.head_dim):
+        problems.append(f"head_dim {geometry.head_dim} unsupported (accepts {cap.head_dims.describe()})")
+    if geometry.num_kv_heads != geometry.num_heads and not cap.gqa:
+        problems.append("no GQA")
+    if geometry.sliding_window and not cap.sliding_window:
+        problems.append("no sliding-window attention")
+    for requirement in cap.requires:
+        problem = requirement_problem(requirement, lambda attr: getattr(env, attr, None))
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _trainer_candidates(dtype: str, env: EnvironmentProbe) -> list[BackendCapability]:
+    klass = "half" if dtype in HALF else "fp32"
+    generation = trainer_generation(env.device_type, env.compute_capability)
+    key = (generation, klass) if (generation, klass) in TRAINER_PREFERENCE else (
+        ("cpu" if generation == "cpu" else "gpu"), klass)
+    caps = dict(TRAINER_BACKENDS)
+    caps["deepscaler_flash"] = _with_head_dims(caps["deepscaler_flash"], env.deepscaler_kernel_max_head_dim)
+    order = list(TRAINER_PREFERENCE[key]) + [name for name in caps if name not in TRAINER_PREFERENCE[key]]
+    return [caps[name] for name in order]
+
+
+def _with_head_dims(cap: BackendCapability, max_dim: int) -> BackendCapability:
+    from dataclasses import replace
+
+    return replace(cap, head_dims=HeadDims(max_dim=max_dim))
+
+
+def _rollout_candidates(dtype: str, env: EnvironmentProbe, era: VllmEra) -> list[BackendCapability]:
+    from dataclasses import replace
+
+    device = _device(env)
+    if device == "cpu":
+        order = list(era.cpu)
+    elif device == "rocm":
+        order = ["ROCM_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"]
+    else:
+        order = list(era.cuda_fp32 if dtype == "float32" else era.cuda_half)
+        if env.compute_capability and env.compute_capability >= (10, 0) and "FLASHINFER" in order:
+            order.remove("FLASHINFER")
+            order.insert(0, "FLASHINFER")  # vLLM's own Blackwell priority
+    avoid = era.avoid or {}
+    order = [n for n in order if n not in avoid] + [n for n in order if n in avoid]
+    order += [name for name in VLLM_BACKENDS if name not in order]
+    caps = []
+    for name in order:
+        cap = VLLM_BACKENDS[name]
+        if device in ("cuda", "rocm") and name not in ("ROCM_ATTN",):
+            # fp32 acceptance changed across versions: the era's fp32 list is authoritative on GPUs.
+            cap = replace(cap, dtypes=HALF | ({"float32"} if name in era.cuda_fp32 else set()))
+        if device == "cpu" and name not in era.cpu:
+            cap = replace(cap, devices=cap.devices - {"cpu"})
+        caps.append(cap)
+    return caps
+
+
+def _known_names(env: EnvironmentProbe, era: VllmEra) -> frozenset[str]:
+    return frozenset(env.vllm_backend_names) if env.vllm_backend_names else era.names
+
+
+def _canonical_vllm(name: str) -> str:
+    return name.strip().upper().removesuffix("_VLLM_V1")
+
+
+# --------------------------------------------------------------------------------------------- resolver
+def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | str,
+                      request: str = "auto", on_incompatible: str = "fallback",
+                      env: EnvironmentProbe | None = None) -> AttentionDecision:
+    """Pick the attention backend for ``engine`` ('trainer' | 'rollout').
+
+    ``request="auto"`` takes the best compatible backend; an explicit name is honoured when compatible, else
+    ``on_incompatible="fallback"`` picks ``auto`` (logged as a warning) and ``"error"`` raises
+    AttentionBackendError listing what would work. The decision is logged once per process.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if on_incompatible not in ON_INCOMPATIBLE:
+        raise ValueError(f"on_incompatible must be one of {ON_INCOMPATIBLE}, got {on_incompatible!r}")
+    policy = get_policy(policy)
+    env = env or probe_environment()
+    geometry = ModelGeometry.from_config(model_config)
+    request = (request or "auto").strip()
+    if engine == "trainer":
+        decision = _resolve_trainer(geometry, policy, request, on_incompatible, env)
+    else:
+        decision = _resolve_rollout(geometry, policy, request, on_incompatible, env)
+    log_decision(decision)
+    return decision
+
+
+def _choose(candidates: list[BackendCapability], dtype: str, geometry: ModelGeometry, env: EnvironmentProbe,
+            request: str, on_incompatible: str, engine: str, extra_problems=None,
+            spell=lambda name: name) -> tuple[str | None, str, list[tuple[str, str]], bool]:
+    """Shared auto/explicit logic: (chosen name, reason, rejected, fell_back)."""
+    problems = {c.name: _problems(c, dtype, geometry, env) + (extra_problems(c.name) if extra_problems else [])
+                for c in candidates}
+    compatible = [c.name for c in candidates if not problems[c.name]]
+    best = compatible[0] if compatible else None
+
+    def rejected_except(chosen: str | None) -> list[tuple[str, str]]:
+        out = []
+        for c in candidates:
+            if c.name == chosen:
+                continue
+            why = "; ".join(problems[c.name]) if problems[c.name] else f"compatible, ranked below {spell(chosen)}"
+            out.append((spell(c.name), why))
+        return out
+
+    if request.lower() == "auto":
+        if best is None:
+            raise AttentionBackendError(
+                f"no {engine} attention backend can run {dtype} with head_dim {geometry.head_dim} on "
+                f"{env.cc_label}: " + "; ".join(f"{spell(n)}: {', '.join(p)}" for n, p in problems.items()))
+        return best, f"best compatible backend for {dtype} compute on {env.cc_label}", rejected_except(best), False
+
+    wanted = request if engine == "trainer" else _canonical_vllm(request)
+    if engine == "trainer":
+        wanted = wanted.lower()
+    if wanted not in problems:
+        problems[wanted] = [f"unknown {engine} backend (known: {', '.join(spell(c.name) for c in candidates)})"]
+    if not problems[wanted]:
+        return wanted, f"requested explicitly and compatible with {dtype} compute on {env.cc_label}", \
+            rejected_except(wanted), False
+    why_not = "; ".join(problems[wanted])
+    working = ", ".join(spell(n) for n in compatible) or "none"
+    if on_incompatible == "error" or best is None:
+        raise AttentionBackendError(
+            f"{engine} attention backend {request!r} cannot run here: {why_not}. Compatible: {working}. "
+            f"Fix: set attention_backend to one of those or 'auto' (or on_incompatible='fallback').")
+    reason = f"requested {request!r} is incompatible ({why_not}); fell back to {spell(best)}"
+    rejected = [(spell(wanted), why_not)] + [r for r in rejected_except(best) if r[0] != spell(wanted)]
+    return best, reason, rejected, True
+
+
+def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: str, on_incompatible: str,
+                     env: EnvironmentProbe) -> AttentionDecision:
+    dtype = policy.compute_dtype
+    candidates = _trainer_candidates(dtype, env)
+    known = {c.name for c in candidates}
+    if request.lower() not in ("auto", *known) and _registered_in_transformers(request):
+        return AttentionDecision(
+            "trainer", request, "requested; registered in transformers' AttentionInterface but not in "
+            "deepscaler's capability table, so it is not validated (run `deepscaler doctor` to self-check)",
+            compute_dtype=dtype, request=request)
+    backend, reason, rejected, fell_back = _choose(candidates, dtype, geometry, env, request, on_incompatible,
+                                                   "trainer")
+    notes = []
+    if backend and backend.startswith("flash_attention") and policy.param_dtype == "float32":
+        notes.append(FA_FALSE_ALARM_NOTE.format(compute=dtype))
+    if dtype == "float32" and policy.allow_tf32 and env.device_type == "cuda":
+        notes.append("TF32 matmuls allowed (fp32-fast): attention error ~1e-3, worse than fp16 attention")
+    if (backend == "sdpa" and dtype == "float32" and env.device_type == "cuda"
+            and geometry.num_kv_heads != geometry.num_heads):
+        notes.append("SDPA fp32 with GQA and no mask dispatches to the MATH kernel (EFFICIENT has no enable_gqa)")
+    if backend == "flex_attention" and dtype == "float32":
+        notes.append("flex_attention fp32 runs IEEE FMA (~10x slower than SDPA EFFICIENT on H100)")
+    return AttentionDecision("trainer", backend, reason, rejected, compute_dtype=dtype, request=request,
+                             fell_back=fell_back, notes=notes)
+
+
+def _resolve_rollout(geometry: ModelGeometry, policy: PrecisionPolicy, request: str, on_incompatible: str,
+                     env: EnvironmentProbe) -> AttentionDecision:
+    dtype = policy.rollout_dtype
+    version = parse_version(env.vllm_version)
+    if version is None:
+        return AttentionDecision("rollout", None, "vLLM is not installed; nothing to configure",
+                                 compute_dtype=dtype, request=request)
+    era = vllm_era(version)
+    if era.mechanism == "none":
+        if request.lower() not in ("auto", "xformers"):
+            message = f"vLLM {env.vllm_version} has a single attention path (xformers); {request!r} is unknown"
+            if on_incompatible == "error":
+                raise AttentionBackendError(message + ". Fix: attention_backend='auto'.")
+        return AttentionDecision("rollout", None, f"vLLM {env.vllm_version}: {era.notes}", compute_dtype=dtype,
+                                 request=request, fell_back=request.lower() not in ("auto", "xformers"))
+    known = _known_names(env, era)
+
+    def unknown_name(name: str) -> list[str]:
+        """A name this vLLM's enum lacks is never passed (it would fail, or be ignored, at engine start)."""
+        return [] if era.spell(name) in known else [f"unknown to vLLM {env.vllm_version}"]
+
+    avoid = era.avoid or {}
+    candidates = _rollout_candidates(dtype, env, era)
+    backend, reason, rejected, fell_back = _choose(candidates, dtype, geometry, env, request, on_incompatible,
+                                                   "rollout", extra_problems=unknown_name, spell=era.spell)
+    if request.lower() == "auto" and avoid:
+        rejected = [(n, why + f" (ranked last: {avoid[_canonical_vllm(n)]})")
+                    if _canonical_vllm(n) in avoid and why.startswith("compatible") else (n, why)
+                    for n, why in rejected]
+    spelled = era.spell(backend)
+    notes = [f"vLLM {env.vllm_version}: {era.notes}"]
+    engine_kwargs: dict[str, Any] = {}
+    env_vars: dict[str, str] = {}
+    if era.mechanism == "kwarg":
+        engine_kwargs["attention_backend"] = spelled
+    else:
+        env_vars["VLLM_ATTENTION_BACKEND"] = spelled
+        notes.append("this vLLM takes the backend from VLLM_ATTENTION_BACKEND: set env_vars before importing vllm")
+    engine_kwargs.update((era.extra_kwargs or {}).get(backend, {}))
+    if _device(env) == "cpu":
+        notes.append("vLLM's CPU platform always runs its CPU backend; naming it keeps the log explicit")
+    return AttentionDecision("rollout", spelled, reason, rejected, engine_kwargs, env_vars, dtype, request,
+                             fell_back, notes)
+
+
+def _registered_in_transformers(name: str) -> bool:
+    try:
+        from transformers import AttentionInterface
+    except ImportError:
+        return False
+    return name in AttentionInterface._global_mapping or name in getattr(AttentionInterface(), "_local_mapping", {})
