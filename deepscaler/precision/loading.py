@@ -55,12 +55,9 @@ def ensure_backend_registered(backend: str) -> None:
 
     if OUR_KERNEL in AttentionInterface():
         return
-    from deepscaler import kernels  # its import registers the kernel, or it exposes a register function
+    from deepscaler.kernels import register_transformers_attention
 
-    for name in ("register_transformers_attention", "register_attention", "register"):
-        register = getattr(kernels, name, None)
-        if OUR_KERNEL not in AttentionInterface() and callable(register):
-            register()
+    register_transformers_attention()
     if OUR_KERNEL not in AttentionInterface():
         raise RuntimeError(f"attention backend {OUR_KERNEL!r} was chosen but deepscaler.kernels did not register "
                            "it with transformers' AttentionInterface; set attention_backend='sdpa' to bypass")

@@ -225,18 +225,14 @@ def _resolve_rollout_attention(config: EngineConfig) -> _RolloutDecision:
         policy_name, _ = default_policy_name(env)
     policy = get_policy(policy_name)
     if config.dtype != "auto":
-        policy = policy.with_rollout_dtype(config.dtype)
+        policy = policy.replace(rollout_dtype=config.dtype)
     model_config = AutoConfig.from_pretrained(config.model)
     decision = resolve_attention("rollout", model_config, policy, request=config.attention_backend,
                                  on_incompatible=config.on_incompatible, env=env)
     return _RolloutDecision(
-        dtype=_dtype_name(policy.rollout_dtype),
+        dtype=policy.rollout_dtype,
         backend=decision.backend,
         reason=decision.reason,
         engine_kwargs=dict(decision.engine_kwargs),
         env_vars=dict(decision.env_vars),
     )
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")
