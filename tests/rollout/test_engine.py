@@ -71,7 +71,7 @@ def test_sampled_logprobs_agree_with_transformers(engine, hf_model):
     prompts = _prompts(engine)
     temperature = 0.7
     groups = engine.generate(prompts, SamplingSettings(n=2, temperature=temperature, max_tokens=12, seed=5))
-    for group, prompt in zip(groups, prompts):
+    for group, prompt in zip(groups, prompts, strict=True):
         for completion in group:
             expected = _hf_token_logprobs(hf_model, prompt, completion.token_ids, temperature)
             assert completion.logprobs == pytest.approx(expected, abs=1e-4)
@@ -92,7 +92,22 @@ def test_update_weights_in_place_changes_scores(engine, hf_model, tiny_model_dir
     engine.update_weights(changed.state_dict().items())
     after = engine.score([prompt + response], [len(prompt)])[0]
     assert after == pytest.approx(_hf_token_logprobs(changed, prompt, response, 1.0), abs=1e-4)
-    assert max(abs(a - b) for a, b in zip(after, before)) > 1e-3
+    assert max(abs(a - b) for a, b in zip(after, before, strict=True)) > 1e-3
     # Restore so other tests in this module see the original weights.
     engine.update_weights(hf_model.state_dict().items())
     assert engine.score([prompt + response], [len(prompt)])[0] == pytest.approx(before, abs=1e-5)
+
+
+def test_chunked_prefill_choice_each_branch():
+    from deepscaler.rollout.engine import chunked_prefill_choice
+
+    assert chunked_prefill_choice(None, "cpu")[0] is False
+    assert chunked_prefill_choice(None, "cuda")[0] is None
+    assert chunked_prefill_choice(True, "cpu") == (True, "set in the engine config (enable_chunked_prefill)")
+
+
+def test_many_long_seeded_prompts_do_not_crash(engine):
+    # More prompt tokens than one scheduler step holds: with chunked prefill on, vLLM's CPU worker crashed here.
+    prompts = [list(range(10, 10 + 200 + i % 37)) for i in range(60)]
+    groups = engine.generate(prompts, SamplingSettings(n=2, temperature=1.0, max_tokens=4, seed=3))
+    assert len(groups) == 60 and all(len(g) == 2 for g in groups)
