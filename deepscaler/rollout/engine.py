@@ -143,16 +143,24 @@ class RolloutEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            logprobs=0 if sampling.logprobs else None,
-            stop_token_ids=sampling.stop_token_ids,
-        )
+        def params_for(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+                logprobs=0 if sampling.logprobs else None,
+                stop_token_ids=sampling.stop_token_ids,
+            )
+
+        if sampling.seed is None:
+            params: SamplingParams | list[SamplingParams] = params_for(None)
+        else:
+            # One seed per prompt: with a single shared seed, sample k of every prompt would draw the same
+            # random numbers, correlating the whole batch. vLLM offsets the n samples of a request itself.
+            params = [params_for(sampling.seed + index * sampling.n) for index in range(len(prompt_token_ids))]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
         groups: list[list[Completion]] = []

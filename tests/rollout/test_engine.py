@@ -111,3 +111,10 @@ def test_many_long_seeded_prompts_do_not_crash(engine):
     prompts = [list(range(10, 10 + 200 + i % 37)) for i in range(60)]
     groups = engine.generate(prompts, SamplingSettings(n=2, temperature=1.0, max_tokens=4, seed=3))
     assert len(groups) == 60 and all(len(g) == 2 for g in groups)
+
+
+def test_seeded_prompts_draw_independent_samples(engine):
+    # The same prompt twice in one seeded call must not get identical samples (one seed per prompt).
+    prompt = _prompts(engine)[0]
+    groups = engine.generate([prompt, prompt], SamplingSettings(n=3, temperature=1.0, max_tokens=10, seed=7))
+    assert [c.token_ids for c in groups[0]] != [c.token_ids for c in groups[1]]
