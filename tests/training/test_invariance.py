@@ -16,7 +16,6 @@ from deepscaler.algorithms import (
     compute_policy_loss,
     sum_metrics,
 )
-from deepscaler.models.tiny import build_tiny_model, build_tiny_tokenizer
 from deepscaler.training.packing import (
     pack_sequences,
     pad_responses,
@@ -31,19 +30,8 @@ REL_TOL = 1e-6
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny-tensor float64 work is several times faster on one thread than with OpenMP across busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model64():
-    model = build_tiny_model(build_tiny_tokenizer(), seed=0).double()
-    model.config._attn_implementation = "sdpa"
-    return model
+def _one_thread(single_thread):
+    """Every test here runs single-threaded (see conftest)."""
 
 
 @pytest.fixture(scope="module")

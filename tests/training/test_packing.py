@@ -18,19 +18,8 @@ TEMPERATURE = 0.6
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny-tensor float64 work is several times faster on one thread than with OpenMP across busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model64():
-    model = build_tiny_model(build_tiny_tokenizer(), seed=0).double().eval()
-    model.config._attn_implementation = "sdpa"  # eager's softmax runs in float32 even for float64 inputs
-    return model
+def _one_thread(single_thread):
+    """Every test here runs single-threaded (see conftest)."""
 
 
 def _sequences(seed: int = 0):
