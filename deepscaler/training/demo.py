@@ -60,12 +60,15 @@ class DemoSettings:
     """Held-out problems for Pass@1 before and after RL."""
     val_problems: int = 200
     """The first N eval problems are also the loop's validation set (a Pass@1 curve every test_freq steps)."""
-    sft_steps: int = 450
+    sft_steps: int = 600
     """Warm-up optimizer steps. Short on purpose: the gain shown must come from RL."""
     sft_batch_size: int = 32
     """Warm-up sequences per step."""
     sft_lr: float = 3e-3
     """Warm-up peak learning rate (cosine decay to 10 %)."""
+    sft_schedule_steps: int | None = 800
+    """Length of the warm-up's cosine schedule; longer than sft_steps cuts the warm-up while the learning rate is
+    still high (None: sft_steps)."""
     eval_temperature: float = 0.0
     """Temperature of the Pass@1 measurement (n=1 per problem): 0 is greedy. The other mode (T=0.6, DeepScaleR's
     evaluation temperature) is measured too and reported beside it."""
@@ -203,6 +206,7 @@ def warm_up(settings: DemoSettings, train_problems: Sequence[Any], out_dir: Path
                 for p in train_problems]
     config = SFTConfig(steps=settings.sft_steps, batch_size=settings.sft_batch_size,
                        learning_rate=settings.sft_lr, warmup_steps=min(20, settings.sft_steps // 5 + 1),
+                       schedule_steps=settings.sft_schedule_steps,
                        seed=settings.seed, log_every=max(1, min(50, settings.sft_steps // 5)))
     say(f"supervised warm-up: {config.steps} steps x {config.batch_size} sequences, lr {config.learning_rate:g}")
     history = train_sft(model, examples, config, tokenizer.pad_token_id,

@@ -28,6 +28,9 @@ class SFTConfig:
     """Peak AdamW learning rate (after warm-up)."""
     warmup_steps: int = 20
     """Linear warm-up steps from 0 to the peak learning rate; cosine decay to 10 % of it afterwards."""
+    schedule_steps: int | None = None
+    """Length of the cosine schedule (default: ``steps``). Longer than ``steps`` stops training while the
+    learning rate is still high: a partly converged model whose samples still vary, which RL can sharpen."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     max_grad_norm: float = 1.0
@@ -76,7 +79,8 @@ def learning_rate_at(step: int, config: SFTConfig) -> float:
     """Linear warm-up then cosine decay to 10 % of the peak (``step`` counts from 0)."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    total = config.schedule_steps or config.steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
