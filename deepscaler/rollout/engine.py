@@ -78,6 +78,8 @@ class SamplingSettings:
     """Return the log-probability of every sampled token (at the sampling temperature)."""
     stop_token_ids: list[int] | None = None
     """Extra token ids that end a response (EOS always does)."""
+    min_tokens: int = 0
+    """EOS and stop tokens are suppressed until a response has this many tokens."""
 
 
 @dataclass
@@ -153,6 +155,7 @@ class RolloutEngine:
                 seed=seed,
                 logprobs=0 if sampling.logprobs else None,
                 stop_token_ids=sampling.stop_token_ids,
+                min_tokens=sampling.min_tokens,
             )
 
         if sampling.seed is None:

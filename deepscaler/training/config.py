@@ -70,6 +70,8 @@ class RolloutConfig:
     """Nucleus sampling threshold (1.0 = off)."""
     top_k: int = -1
     """Top-k sampling (-1 = off)."""
+    min_tokens: int = 0
+    """Suppress EOS until a response has this many tokens (0 = off)."""
     gpu_memory_utilization: float | None = None
     """Fraction of accelerator memory vLLM may take (weights + KV cache); None: 0.85 on a GPU (DeepScaleR's
     value), 0.1 on CPU (where it is a fraction of host RAM)."""
@@ -527,6 +529,9 @@ def _problems(c: TrainConfig) -> list[str]:
         p.append(f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt to compare; set rollout.n>=2")
     if not 0 < r.top_p <= 1:
         p.append(f"rollout.top_p={r.top_p} must be in (0, 1]")
+    if not 0 <= r.min_tokens <= d.max_response_length:
+        p.append(f"rollout.min_tokens={r.min_tokens} must be between 0 and data.max_response_length="
+                 f"{d.max_response_length}")
     if r.gpu_memory_utilization is not None and not 0 < r.gpu_memory_utilization <= 1:
         p.append(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
     if a.ppo_mini_batch_size > d.train_batch_size:

@@ -131,6 +131,7 @@ def collect_rollouts(run: Run, state: ckpt.TrainerState, step: int, timer: Timer
         state.consumed_prompts += batch_size
         settings = SamplingSettings(n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                     top_k=cfg.rollout.top_k, max_tokens=cfg.data.max_response_length,
+                                    min_tokens=cfg.rollout.min_tokens,
                                     seed=derive_seed(cfg.trainer.seed, "rollout", step, round_index), logprobs=True)
         with timer("rollout"):
             groups = run.engine.generate([run.train.prompt_ids[i] for i in indices], settings)

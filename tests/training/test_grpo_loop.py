@@ -211,9 +211,10 @@ def test_dynamic_sampling_refills_with_signal_groups(tiny_model_dir, engine, tmp
                     train_problems=PROBLEMS, reward_fn=nothing_to_learn, engine=engine)
     assert skipped.metrics["batch/skipped"] == 1.0 and skipped.metrics["batch/rollout_batches"] == 2
 
-    # every tiny-model response hits the 8-token limit, so overlong filtering leaves nothing to train on
+    # min_tokens = the limit: every response is truncated, so overlong filtering leaves nothing to train on
     filtered = train(config_for(tiny_model_dir, tmp_path / "filter", "trainer.total_steps=1",
                                 "validation.datasets=[]", "algorithm.mask_truncated=true",
+                                "rollout.min_tokens=8",
                                 "checkpoint.save_at_end=false", "logging.plots=false"),
                      train_problems=PROBLEMS, reward_fn=letter_first, engine=engine)
     assert filtered.metrics["response_length/clip_ratio"] == 1.0
