@@ -156,6 +156,9 @@ class RolloutEngine:
                 logprobs=0 if sampling.logprobs else None,
                 stop_token_ids=sampling.stop_token_ids,
                 min_tokens=sampling.min_tokens,
+                # vLLM would detokenize every sampled token (and every logprob's token) incrementally in
+                # Python; one batch decode at the end gives the same text at a fraction of the cost.
+                detokenize=False,
             )
 
         if sampling.seed is None:
@@ -166,6 +169,9 @@ class RolloutEngine:
             params = [params_for(sampling.seed + index * sampling.n) for index in range(len(prompt_token_ids))]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
+        samples = [sample for request in outputs for sample in request.outputs]
+        texts = iter(self.decode_responses([list(s.token_ids) for s in samples],
+                                           [s.finish_reason != "length" for s in samples]))
         groups: list[list[Completion]] = []
         for request in outputs:
             group = []
@@ -176,12 +182,19 @@ class RolloutEngine:
                 group.append(Completion(
                     prompt_token_ids=list(request.prompt_token_ids),
                     token_ids=list(sample.token_ids),
-                    text=sample.text,
+                    text=next(texts),
                     logprobs=logprobs,
                     finish_reason="length" if sample.finish_reason == "length" else "stop",
                 ))
             groups.append(group)
         return groups
+
+    def decode_responses(self, token_ids: Sequence[Sequence[int]], stopped: Sequence[bool]) -> list[str]:
+        """Response texts as vLLM's detokenizer writes them: special tokens skipped, the token that stopped a
+        response (EOS or a stop id, kept in ``token_ids``) left out of the text, and a trailing incomplete UTF-8
+        character (which decodes to U+FFFD and which vLLM's incremental detokenizer holds back) dropped."""
+        trimmed = [list(ids[:-1]) if stop and ids else list(ids) for ids, stop in zip(token_ids, stopped, strict=True)]
+        return [text.rstrip("\ufffd") for text in self.tokenizer.batch_decode(trimmed, skip_special_tokens=True)]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Copy new weights (Hugging Face state-dict names) into the running engine, in place."""

@@ -118,3 +118,27 @@ def test_seeded_prompts_draw_independent_samples(engine):
     prompt = _prompts(engine)[0]
     groups = engine.generate([prompt, prompt], SamplingSettings(n=3, temperature=1.0, max_tokens=10, seed=7))
     assert [c.token_ids for c in groups[0]] != [c.token_ids for c in groups[1]]
+
+
+def test_texts_match_vllm_detokenizer(engine):
+    """generate() skips vLLM's per-token detokenization and decodes once at the end: same texts, stop token
+    excluded, whether a response ended on EOS, on a stop id or at max_tokens."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = _prompts(engine)
+    tok = engine.tokenizer
+    # frequent byte tokens as stop ids, so that many responses end on one before max_tokens
+    stop_ids = [tok.convert_tokens_to_ids(t) for t in ("a", "e", "Ġ", "1")]
+    sampling = SamplingSettings(n=16, temperature=1.5, max_tokens=24, seed=7, stop_token_ids=stop_ids)
+    ours = engine.generate(prompts, sampling)
+    params = [SamplingParams(n=16, temperature=1.5, max_tokens=24, seed=7 + i * 16, stop_token_ids=stop_ids)
+              for i in range(len(prompts))]
+    reference = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    finishes = set()
+    for group, request in zip(ours, reference, strict=True):
+        for completion, sample in zip(group, request.outputs, strict=True):
+            assert completion.token_ids == list(sample.token_ids)
+            assert completion.text == sample.text
+            finishes.add((completion.finish_reason, bool(completion.token_ids) and completion.token_ids[-1] in stop_ids))
+    assert ("stop", True) in finishes and ("length", False) in finishes
