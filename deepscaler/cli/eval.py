@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention-backend", default="auto", help="vLLM attention backend or auto")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None,
                         help="default 0.9 on a CUDA GPU, 0.1 on CPU")
+    parser.add_argument("--kv-cache-memory-bytes", type=int, default=None,
+                        help="explicit vLLM KV-cache size; default: vLLM's on a GPU, computed from the model and "
+                             "max-model-len on CPU")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=64, help="problems per generate call (saved after each)")
@@ -65,7 +68,8 @@ def config_from_args(args: argparse.Namespace):
         split=args.split, max_problems=args.max_problems, problem_key=args.problem_key,
         answer_key=args.answer_key, skip_malformed=args.skip_malformed, dtype=args.dtype,
         precision=args.precision, attention_backend=args.attention_backend,
-        gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed, chunk_size=args.chunk_size, think_prefill=args.think_prefill, reward=reward,
         resume=not args.no_resume, progress=not args.no_progress)
 

@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   deepscaler train --config deepscaler-1.5b-8k optim.lr=2e-6 rollout.n=16 trainer.run_dir=runs/try
   deepscaler train --config my.yaml --dry-run                 # print the resolved config and batch geometry
   deepscaler train --list                                     # the shipped presets
+  torchrun --nproc_per_node 8 -m deepscaler train --config deepscaler-1.5b-8k   # 8 data-parallel ranks (FSDP2)
 """
 
 
@@ -47,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:24s} {header}")
         return 0
     if args.config is None and not args.dry_run:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            print("deepscaler train: the CPU demo runs in one process; start it without torchrun, or pass --config "
+                  "for a data-parallel run", file=sys.stderr)
+            return 2
         from deepscaler.training.demo import run_demo
 
         result = run_demo(list(args.overrides))
@@ -62,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         from deepscaler.training.geometry import batch_geometry
 
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-        for line in batch_geometry(config).lines():
+        import os
+
+        for line in batch_geometry(config, data_parallel_ranks=int(os.environ.get("WORLD_SIZE", "1"))).lines():
             print(f"# {line}")
         for index, stage in enumerate(config.trainer.stages):
             from deepscaler.training.config import stage_config

@@ -2,14 +2,17 @@
 
 DeepScaleR's protocol is the default (16 samples, T 0.6, top-p 0.95, 32 768 response tokens, prompts up to
 1 536 tokens). Generation runs in chunks of problems; each problem is appended to
-``<output-dir>/<dataset>/responses.jsonl`` as soon as it is scored, so a rerun skips finished work.
+``<output-dir>/<dataset>/responses.jsonl`` as soon as it is scored, so a rerun skips finished work. Each
+problem samples with its own seed, derived from the eval seed and the problem's id, so its responses do not
+depend on which chunk (or which resumed run) it lands in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +80,15 @@ class EvalConfig:
     attention_backend: str = "auto"
     """vLLM attention backend, or auto (resolved and explained by deepscaler.precision)."""
     gpu_memory_utilization: float | None = None
-    """Fraction of device memory for vLLM; None: 0.9 with a CUDA GPU, 0.1 on CPU."""
+    """Fraction of device memory for vLLM; None: 0.9 with a CUDA GPU, 0.1 on CPU (see deepscaler.rollout.memory)."""
+    kv_cache_memory_bytes: int | None = None
+    """Explicit vLLM KV-cache size in bytes; None: vLLM sizes it from the fraction on a GPU, and on CPU it is
+    computed from the model and max_model_len (deepscaler.rollout.memory)."""
     tensor_parallel_size: int = 1
     """Tensor-parallel degree of the engine."""
     seed: int = 0
-    """Engine and sampling seed: the same seed, model and settings give the same samples."""
+    """Engine and sampling seed: the same seed, model and settings give the same samples. Each problem samples
+    with ``problem_seed(seed, problem.id, n)``, so its samples do not depend on chunking or resuming."""
     chunk_size: int = 64
     """Problems per generate call; each finished chunk is scored and saved before the next."""
     think_prefill: str = "auto"
@@ -104,7 +111,9 @@ class EvalConfig:
         checks = [(self.n >= 1, "n must be >= 1 (--n)"), (self.max_tokens >= 1, "max_tokens must be >= 1"),
                   (self.max_prompt_length >= 1, "max_prompt_length must be >= 1"),
                   (self.chunk_size >= 1, "chunk_size must be >= 1"), (bool(self.datasets), "datasets is empty"),
-                  (self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p in (0, 1]")]
+                  (self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p in (0, 1]"),
+                  (self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0,
+                   "kv_cache_memory_bytes must be > 0 (--kv-cache-memory-bytes), or None for automatic")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"EvalConfig: {message}")
@@ -137,15 +146,24 @@ def resolve_max_model_len(config: EvalConfig) -> tuple[int, str]:
     return wanted, f"max_prompt_length {config.max_prompt_length} + max_tokens {config.max_tokens}"
 
 
-def resolve_gpu_memory_utilization(requested: float | None) -> tuple[float, str]:
-    """0.9 of a CUDA GPU (DeepScaleR's setting) or 0.1 on CPU, unless given."""
-    if requested is not None:
-        return requested, "given by --gpu-memory-utilization"
-    import torch
+def resolve_eval_memory(config: EvalConfig, max_model_len: int) -> Any:
+    """The engine's deepscaler.rollout.EngineMemory: 0.9 of a CUDA GPU (DeepScaleR's eval script), on CPU an
+    explicit KV cache sized from the model; --gpu-memory-utilization / --kv-cache-memory-bytes override."""
+    from deepscaler.rollout import engine_device_type, resolve_engine_memory
 
-    if torch.cuda.is_available():
-        return 0.9, "CUDA GPU present: 0.9 as in DeepScaleR's eval script"
-    return 0.1, "no CUDA GPU: 0.1 (vLLM on CPU)"
+    return resolve_engine_memory(engine_device_type(), "eval", config.gpu_memory_utilization,
+                                 config.kv_cache_memory_bytes, config.model, max_model_len,
+                                 rollout_dtype=config.dtype)
+
+
+def problem_seed(eval_seed: int, problem_id: str, n: int) -> int:
+    """The sampling seed of one problem: a stable hash of ``(eval_seed, problem_id)``.
+
+    blake2b, not ``hash()`` (salted per process), so every process and machine agrees. vLLM seeds sample k of
+    a request with ``seed + k``; the range keeps ``seed + n - 1`` below 2**31 - 1 (a non-negative int32).
+    """
+    digest = hashlib.blake2b(repr((eval_seed, problem_id)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31 - n)
 
 
 def _settings(config: EvalConfig) -> dict[str, Any]:
@@ -182,13 +200,13 @@ class _LazyEngine:
         if self.engine is None:
             from deepscaler.rollout import EngineConfig, RolloutEngine
 
-            utilization, reason = resolve_gpu_memory_utilization(self.config.gpu_memory_utilization)
-            announce(f"[deepscaler.eval] gpu_memory_utilization {utilization} ({reason})")
+            memory = resolve_eval_memory(self.config, self.max_model_len)
+            announce(f"[deepscaler.eval] vLLM memory: {memory.describe()}")
             self.engine = RolloutEngine(EngineConfig(
                 model=self.config.model, dtype=self.config.dtype, precision=self.config.precision,
                 attention_backend=self.config.attention_backend, max_model_len=self.max_model_len,
-                gpu_memory_utilization=utilization, seed=self.config.seed,
-                tensor_parallel_size=self.config.tensor_parallel_size))
+                gpu_memory_utilization=memory.gpu_memory_utilization, seed=self.config.seed,
+                tensor_parallel_size=self.config.tensor_parallel_size, extra_engine_kwargs=memory.engine_kwargs()))
             self.owned = True
         return self.engine
 
@@ -296,7 +314,10 @@ def _generate_and_score(todo: list, engines: _LazyEngine, sampling: Any, config:
         for start in range(0, len(todo), config.chunk_size):
             chunk = todo[start:start + config.chunk_size]
             began = time.perf_counter()
-            groups = engine.generate([ids for _, ids in chunk], sampling)
+            # Seeds per problem, not per position in the chunk: a problem's samples are the same whatever else
+            # is generated with it (chunking, problems already finished by an earlier run).
+            seeds = [problem_seed(config.seed, problem.id, config.n) for problem, _ in chunk]
+            groups = engine.generate([ids for _, ids in chunk], replace(sampling, prompt_seeds=seeds))
             generate_seconds += time.perf_counter() - began
             texts = [c.text for group in groups for c in group]
             golds = [problem.answers for problem, _ in chunk for _ in range(config.n)]

@@ -74,6 +74,9 @@ class SamplingSettings:
     """Longest response, in tokens."""
     seed: int | None = None
     """Per-call seed: the same seed, prompts and weights give the same samples."""
+    prompt_seeds: list[int] | None = None
+    """One seed per prompt of the call; overrides ``seed``. Lets a caller make a prompt's samples independent
+    of its position in the call (e.g. a seed derived from a problem's id)."""
     logprobs: bool = True
     """Return the log-probability of every sampled token (at the sampling temperature)."""
     stop_token_ids: list[int] | None = None
@@ -161,8 +164,14 @@ class RolloutEngine:
                 detokenize=False,
             )
 
-        if sampling.seed is None:
-            params: SamplingParams | list[SamplingParams] = params_for(None)
+        if sampling.prompt_seeds is not None:
+            if len(sampling.prompt_seeds) != len(prompt_token_ids):
+                raise ValueError(f"SamplingSettings.prompt_seeds has {len(sampling.prompt_seeds)} seeds for "
+                                 f"{len(prompt_token_ids)} prompts. Fix: give exactly one seed per prompt, or "
+                                 "prompt_seeds=None to derive them from seed")
+            params: SamplingParams | list[SamplingParams] = [params_for(seed) for seed in sampling.prompt_seeds]
+        elif sampling.seed is None:
+            params = params_for(None)
         else:
             # One seed per prompt: with a single shared seed, sample k of every prompt would draw the same
             # random numbers, correlating the whole batch. vLLM offsets the n samples of a request itself.

@@ -6,10 +6,13 @@ Layout of one checkpoint (``RUN_DIR/checkpoints/step_000040/``)::
     tokenizer.json, tokenizer_config.json, ...               # tokenizer (save_pretrained)
     trainer_state.json   # step, stage, data position (epoch, index, shuffle seed), config, versions
     optimizer.pt         # optimizer + LR scheduler (+ fp16 GradScaler) state dicts
-    rng.pt               # python, numpy, torch CPU (+ CUDA) RNG states
+    rng.pt               # python, numpy, torch CPU (+ CUDA) RNG states (rng_rank<r>.pt: data-parallel rank r)
 
 A checkpoint is written into ``.tmp-step_000040`` and renamed at the end, so a folder named ``step_*`` is
 always complete (a run killed mid-save leaves only a ``.tmp-*`` folder, which the next save clears).
+
+With data parallelism (FSDP2) the ranks gather the full weights and optimizer state and rank 0 writes them, so a
+checkpoint is the same whatever the number of ranks, and a run can resume on a different number.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from deepscaler.training.distributed import (
+    SINGLE_PROCESS,
+    DistInfo,
+    barrier,
+    full_optimizer_state,
+    full_state_dict,
+)
 
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -107,39 +118,61 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Module, tokenizer: Any,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None,
                     config: dict[str, Any] | None = None, keep_last: int = 0,
-                    protected_steps: Sequence[int] = ()) -> Path:
+                    protected_steps: Sequence[int] = (), dist: DistInfo = SINGLE_PROCESS) -> Path:
     """Write a checkpoint atomically (temp folder, then rename) and prune to the newest ``keep_last``
     (checkpoints of ``protected_steps``, e.g. the ends of context-lengthening stages, are never pruned).
 
     The model is saved in its master dtype (fp32 by default) with ``save_pretrained``, so
-    ``AutoModelForCausalLM.from_pretrained(path)`` and ``vllm.LLM(path)`` load it directly.
+    ``AutoModelForCausalLM.from_pretrained(path)`` and ``vllm.LLM(path)`` load it directly. With several ranks
+    every rank must call this (the full weights and optimizer state are gathered); rank 0 writes.
     """
     final = checkpoint_dir(run_dir, state.step)
     tmp = final.parent / f".tmp-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    weights = _untied(model, full_state_dict(model)) if dist.enabled else None
+    optimizer_state = full_optimizer_state(model, optimizer, dist) if optimizer is not None else None
+    if dist.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier(dist)
+    if not dist.is_main:  # each rank's own RNG streams; rank 0 writes the rest
+        torch.save(capture_rng(), tmp / f"rng_rank{dist.rank}.pt")
+        barrier(dist)
+        barrier(dist)
+        return final
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save({
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }, tmp / "optimizer.pt")
     torch.save(capture_rng(), tmp / "rng.pt")
     meta = {**asdict(state), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "torch": torch.__version__, "config": config}
+            "torch": torch.__version__, "config": config, "data_parallel_ranks": dist.world_size}
     (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    barrier(dist)  # the other ranks' RNG files are in
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. end-of-run save right after a periodic one)
         shutil.rmtree(final)
     os.replace(tmp, final)
+    barrier(dist)  # nobody goes on (or resumes) before the checkpoint is visible
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             if int(STEP_PATTERN.match(old.name).group(1)) not in set(protected_steps):
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _untied(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the LM head of a model with tied embeddings from a gathered state dict (the gathered copies are
+    separate tensors, so save_pretrained would write both, unlike a single-process save)."""
+    head = model.get_output_embeddings()
+    if not getattr(model.config, "tie_word_embeddings", False) or head is None:
+        return weights
+    names = [f"{name}.weight" for name, module in model.named_modules() if module is head]
+    return {k: v for k, v in weights.items() if k not in names}
 
 
 def load_trainer_state(path: str | Path) -> TrainerState:
@@ -179,21 +212,27 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
 
 
 def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                         scaler: Any = None) -> None:
-    """Restore optimizer / LR scheduler / GradScaler state dicts saved by :func:`save_checkpoint`."""
+                         scaler: Any = None, load_optimizer: Any = None) -> None:
+    """Restore optimizer / LR scheduler / GradScaler state dicts saved by :func:`save_checkpoint`.
+
+    ``load_optimizer(state)`` replaces ``optimizer.load_state_dict`` (sharded parameters load through
+    ``distributed.load_full_optimizer_state``)."""
     blobs = torch.load(Path(path) / "optimizer.pt", map_location="cpu", weights_only=False)
     if optimizer is not None and blobs.get("optimizer") is not None:
-        optimizer.load_state_dict(blobs["optimizer"])
+        (load_optimizer or optimizer.load_state_dict)(blobs["optimizer"])
     if scheduler is not None and blobs.get("scheduler") is not None:
         scheduler.load_state_dict(blobs["scheduler"])
     if scaler is not None and blobs.get("scaler") is not None:
         scaler.load_state_dict(blobs["scaler"])
 
 
-def load_rng_state(path: str | Path) -> None:
-    """Restore python / numpy / torch RNG states saved with a checkpoint (no-op if absent)."""
-    if (Path(path) / "rng.pt").is_file():
-        restore_rng(torch.load(Path(path) / "rng.pt", map_location="cpu", weights_only=False))
+def load_rng_state(path: str | Path, rank: int = 0) -> None:
+    """Restore python / numpy / torch RNG states saved with a checkpoint (no-op if absent); data-parallel rank r
+    takes its own file when the checkpoint has one."""
+    own = Path(path) / (f"rng_rank{rank}.pt" if rank else "rng.pt")
+    file = own if own.is_file() else Path(path) / "rng.pt"
+    if file.is_file():
+        restore_rng(torch.load(file, map_location="cpu", weights_only=False))
 
 
 def _fsync_dir(path: Path) -> None:

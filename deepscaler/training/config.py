@@ -75,6 +75,9 @@ class RolloutConfig:
     gpu_memory_utilization: float | None = None
     """Fraction of accelerator memory vLLM may take (weights + KV cache); None: 0.85 on a GPU (DeepScaleR's
     value), 0.1 on CPU (where it is a fraction of host RAM)."""
+    kv_cache_memory_bytes: int | None = None
+    """Explicit vLLM KV-cache size in bytes (vLLM then ignores the fraction for the KV cache); None: vLLM's own
+    sizing on a GPU, and on CPU a size computed from the model and max_model_len (deepscaler.rollout.memory)."""
     attention: str = "auto"
     """Rollout engine attention backend request, resolved by deepscaler.precision.resolve_attention."""
     enforce_eager: bool = True
@@ -534,6 +537,8 @@ def _problems(c: TrainConfig) -> list[str]:
                  f"{d.max_response_length}")
     if r.gpu_memory_utilization is not None and not 0 < r.gpu_memory_utilization <= 1:
         p.append(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
+    if r.kv_cache_memory_bytes is not None and r.kv_cache_memory_bytes <= 0:
+        p.append(f"rollout.kv_cache_memory_bytes={r.kv_cache_memory_bytes} must be > 0 (or null for automatic)")
     if a.ppo_mini_batch_size > d.train_batch_size:
         p.append(f"algorithm.ppo_mini_batch_size={a.ppo_mini_batch_size} is larger than data.train_batch_size="
                  f"{d.train_batch_size}; set it to at most {d.train_batch_size}")

@@ -319,13 +319,16 @@ def run_demo(overrides: Sequence[str] = ()) -> dict[str, Any]:
     with times("vLLM engine start"):
         from deepscaler.data import encode_prompts
         from deepscaler.rollout import EngineConfig, RolloutEngine
+        from deepscaler.training.setup import engine_max_model_len, engine_memory
 
+        max_model_len = max(engine_max_model_len(config), config.data.max_prompt_length + settings.eval_max_tokens)
+        # The trainer's rule (on CPU an explicit KV-cache size: vLLM's RAM fraction minus this process can go
+        # negative); rollout.gpu_memory_utilization / rollout.kv_cache_memory_bytes override it here too.
+        memory = engine_memory(config, "float32", str(sft_dir), max_model_len)
+        say(f"vLLM memory: {memory.describe()}")
         engine = RolloutEngine(EngineConfig(
-            model=str(sft_dir), dtype="float32", precision="fp32", seed=settings.seed,
-            max_model_len=config.data.max_prompt_length + max(config.data.max_response_length,
-                                                              settings.eval_max_tokens),
-            # an explicit KV-cache size: the CPU default (a fraction of RAM minus this process) can go negative
-            extra_engine_kwargs={"kv_cache_memory_bytes": 256 << 20}))
+            model=str(sft_dir), dtype="float32", precision="fp32", seed=settings.seed, max_model_len=max_model_len,
+            gpu_memory_utilization=memory.gpu_memory_utilization, extra_engine_kwargs=memory.engine_kwargs()))
         encoded = encode_prompts(eval_problems, engine.tokenizer)
         golds = [p.gold for p in encoded.problems]
 

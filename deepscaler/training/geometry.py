@@ -28,6 +28,8 @@ class BatchGeometry:
     train_problems: int | None
     steps_per_epoch: int | None
     total_steps: int | None
+    data_parallel_ranks: int = 1
+    """torchrun processes; each generates and trains on prompts_per_step / ranks prompts."""
 
     def lines(self) -> list[str]:
         g = self
@@ -41,13 +43,16 @@ class BatchGeometry:
             f"  max sequence {g.max_sequence_length} tokens; up to {g.max_generated_tokens_per_step:,} generated "
             "tokens per step",
         ]
+        if g.data_parallel_ranks > 1:
+            out.append(f"  data parallel: {g.data_parallel_ranks} ranks x {g.prompts_per_step // g.data_parallel_ranks} "
+                       f"prompts per step, {g.prompts_per_update // g.data_parallel_ranks} per update")
         if g.train_problems is not None:
             out.append(f"  training problems: {g.train_problems:,}; {g.steps_per_epoch} steps per epoch; "
                        f"total steps: {g.total_steps}")
         return out
 
 
-def batch_geometry(config: TrainConfig, train_problems: int | None = None) -> BatchGeometry:
+def batch_geometry(config: TrainConfig, train_problems: int | None = None, data_parallel_ranks: int = 1) -> BatchGeometry:
     """Derived counts of ``config`` (``train_problems`` = usable training prompts, if known)."""
     d, r, a = config.data, config.rollout, config.algorithm
     mini_batches = d.train_batch_size // a.ppo_mini_batch_size
@@ -73,4 +78,5 @@ def batch_geometry(config: TrainConfig, train_problems: int | None = None) -> Ba
         train_problems=train_problems,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
+        data_parallel_ranks=data_parallel_ranks,
     )

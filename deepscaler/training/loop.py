@@ -28,6 +28,15 @@ from deepscaler.algorithms import get_advantage_estimator, overlong_reward_penal
 from deepscaler.training import checkpoint as ckpt
 from deepscaler.training.config import ConfigError, StageConfig, TrainConfig, dump_yaml, stage_config, to_dict
 from deepscaler.training.config import validate as validate_config
+from deepscaler.training.distributed import (
+    DistInfo,
+    all_gather,
+    all_sum,
+    init_distributed,
+    load_full_optimizer_state,
+    shard_model,
+    shutdown,
+)
 from deepscaler.training.geometry import batch_geometry
 from deepscaler.training.metrics import MetricsLogger, Progress, summarize
 from deepscaler.training.phases import (
@@ -35,6 +44,7 @@ from deepscaler.training.phases import (
     Timer,
     collect_rollouts,
     mismatch_metrics,
+    reduce_over_ranks,
     resolve_layout,
     sequence_logprobs,
     sync_weights,
@@ -49,6 +59,7 @@ from deepscaler.training.setup import (
     build_engine,
     default_reward_fn,
     encode,
+    engine_max_model_len,
     load_policy_model,
     load_tokenizer,
     load_train_problems,
@@ -62,8 +73,12 @@ StepHook = Callable[[int, dict[str, float]], None]
 """Called after every step (after its metrics row and checkpoint are written) with (step, metrics)."""
 
 
+_SAYS = [True]  # False on data-parallel ranks other than 0: one rank speaks for all
+
+
 def say(message: str) -> None:
-    print(f"[deepscaler] {message}", flush=True)
+    if _SAYS[0]:
+        print(f"[deepscaler] {message}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -89,16 +104,20 @@ def grpo_step(run: Run, state: ckpt.TrainerState) -> dict[str, float]:
                                                     cfg.algorithm.overlong_buffer, cfg.algorithm.overlong_penalty)
     train_rows = [not (cfg.algorithm.mask_truncated and t) for t in batch.truncated]
 
-    if len(batch) > 0:
-        # 4. group advantages (one scalar per response).
-        advantages = get_advantage_estimator(cfg.algorithm.advantage)(rewards, batch.group_ids)
-        metrics.update(summarize(advantages.tolist(), "advantage"))
+    # with data parallelism a rank may hold no samples (dynamic sampling) while the others train: it follows them
+    if all_sum(run.dist, [len(batch)])[0] > 0:
+        # 4. group advantages (one scalar per response; a group never spans ranks).
+        advantages = (get_advantage_estimator(cfg.algorithm.advantage)(rewards, batch.group_ids) if len(batch)
+                      else torch.zeros(0))
+        metrics.update(summarize([a for part in all_gather(run.dist, advantages.tolist()) for a in part],
+                                 "advantage"))
 
         # 5. old log-probs from the trainer at the rollout temperature; compare with vLLM's.
         with timer("old_logprob"):
             old_logprobs = sequence_logprobs(run, run.model, batch, cfg.rollout.temperature)
         if batch.rollout_logprobs is not None:
-            metrics.update(mismatch_metrics(old_logprobs, batch.rollout_logprobs))
+            metrics.update(reduce_over_ranks(run, mismatch_metrics(old_logprobs, batch.rollout_logprobs)
+                                             if len(batch) else {}))
 
         # 6. reference log-probs (frozen model; only when the KL term is on).
         ref_logprobs = None
@@ -114,7 +133,7 @@ def grpo_step(run: Run, state: ckpt.TrainerState) -> dict[str, float]:
     run.scheduler.step()
 
     # 9. push the new weights into vLLM in place, then verify the engine really runs them.
-    if len(batch) > 0:
+    if "batch/skipped" not in metrics:
         with timer("sync"):
             metrics.update(sync_weights(run))
 
@@ -173,9 +192,15 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
         on_step_end: hook called after each step's metrics and checkpoint are written.
     """
     validate_config(config)
+    joined_group = torch.distributed.is_available() and not torch.distributed.is_initialized()
+    dist, dist_reason = init_distributed(config.precision.device)
+    joined_group = joined_group and dist.enabled
+    _SAYS[0] = dist.is_main
+    check_data_parallel(config, dist)
     run_dir = Path(config.trainer.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(config, run_dir / "config.yaml")
+    if dist.is_main:
+        dump_yaml(config, run_dir / "config.yaml")
     resume = find_resume_checkpoint(config)
     state = ckpt.load_trainer_state(resume) if resume else ckpt.TrainerState(
         data=ckpt.DataPosition(seed=derive_seed(config.trainer.seed, "data", 0)))
@@ -199,8 +224,9 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
     model = load_policy_model(str(resume) if resume else config.model.path, setup, config.model.attention)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = shard_model(model, dist)  # FSDP2 over the torchrun ranks; unchanged for one process
     if resume:
-        ckpt.load_rng_state(resume)
+        ckpt.load_rng_state(resume, rank=dist.rank)
         say(f"resuming from {resume} (step {state.step}, stage {state.stage}, data epoch {state.data.epoch} "
             f"index {state.data.index}, shuffle seed {state.data.seed}; optimizer, LR schedule and RNG restored)")
 
@@ -212,18 +238,17 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
                           f"data.train_batch_size={config.data.train_batch_size}; lower the batch size, add data, or "
                           "set trainer.total_steps")
     ends = [s.until_step or total_steps for s in stages]
-    max_model_len = max(c.data.max_prompt_length + max(c.data.max_response_length,
-                                                        c.validation.max_response_length or 0)
-                        for c in stage_configs)
-    for line in setup.lines() + [f"think prefill: {opens_think} ({think_reason})"]:
+    max_model_len = engine_max_model_len(config)
+    for line in [f"data parallel: {dist_reason}"] + setup.lines() + [f"think prefill: {opens_think} ({think_reason})"]:
         say(line)
     own_engine = engine is None
     if own_engine:
         engine = build_engine(config, setup, config.model.path, max_model_len)
 
+    # one rank writes the metrics file and trackers and shows progress (the metrics are already global)
     metrics_log = MetricsLogger(run_dir, config.logging.backends, config.logging.project, config.trainer.experiment,
-                                to_dict(config), resume_step=state.step if resume else None)
-    progress = Progress(total_steps, initial=state.step, mode=config.logging.progress)
+                                to_dict(config), resume_step=state.step if resume else None, enabled=dist.is_main)
+    progress = Progress(total_steps, initial=state.step, mode=config.logging.progress if dist.is_main else "none")
     last_metrics: dict[str, float] = {}
     last_checkpoint = resume
     try:
@@ -239,10 +264,10 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
             val_sets = {name: encode(problems, tokenizer, scfg.data.max_prompt_length, name)
                         for name, problems in raw_val.items()}
             run = _start_stage(scfg, setup, model, tokenizer, engine, train_set, reward_fn, state, index, ends,
-                               resume if resumed_here else None)
+                               resume if resumed_here else None, dist)
             label = f" {stage.name}" if stage.name else ""
             say(f"stage {index}{label}: steps {state.step + 1}..{ends[index]}")
-            for line in batch_geometry(scfg, len(train_set.problems)).lines():
+            for line in batch_geometry(scfg, len(train_set.problems), dist.world_size).lines():
                 say(line)
             if state.step == 0 and resume is None and index == 0 and scfg.validation.before_train and val_sets:
                 started = time.perf_counter()
@@ -268,7 +293,8 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
                         is_final and scfg.checkpoint.save_at_end):
                     last_checkpoint = ckpt.save_checkpoint(
                         run_dir, state, run.model, tokenizer, run.optimizer, run.scheduler, run.scaler,
-                        config=to_dict(config), keep_last=scfg.checkpoint.keep_last, protected_steps=ends[:-1])
+                        config=to_dict(config), keep_last=scfg.checkpoint.keep_last, protected_steps=ends[:-1],
+                        dist=dist)
                     progress.message(f"step {step}: saved {last_checkpoint}")
                 if on_step_end is not None:
                     on_step_end(step, last_metrics)
@@ -277,8 +303,10 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
         metrics_log.close()
         if own_engine:
             engine.close()
+        if joined_group:
+            shutdown(dist)
     plots = []
-    if config.logging.plots:
+    if config.logging.plots and dist.is_main:
         from deepscaler.training.plots import plot_run
 
         plots = plot_run(run_dir)
@@ -286,8 +314,21 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
     return TrainResult(run_dir, state.step, last_metrics, last_checkpoint, plots)
 
 
+def check_data_parallel(config: TrainConfig, dist: DistInfo) -> None:
+    """Batch sizes must split evenly over the data-parallel ranks."""
+    if not dist.enabled:
+        return
+    for stage in [config] + [stage_config(config, s) for s in config.trainer.stages]:
+        for field_name, value in (("data.train_batch_size", stage.data.train_batch_size),
+                                  ("algorithm.ppo_mini_batch_size", stage.algorithm.ppo_mini_batch_size)):
+            if value % dist.world_size:
+                raise ConfigError(f"{field_name}={value} does not split over {dist.world_size} data-parallel ranks; "
+                                  f"use a multiple of {dist.world_size} (or change --nproc_per_node)")
+
+
 def _start_stage(config: TrainConfig, setup, model, tokenizer, engine, train_set: PromptSet, reward_fn: RewardFn,
-                 state: ckpt.TrainerState, index: int, ends: list[int], resume: Path | None) -> Run:
+                 state: ckpt.TrainerState, index: int, ends: list[int], resume: Path | None,
+                 dist: DistInfo) -> Run:
     """Reference model, optimizer, schedule and data stream of a stage; initial weight sync + check."""
     ref_model = None
     if config.algorithm.kl_coef != 0:
@@ -299,14 +340,15 @@ def _start_stage(config: TrainConfig, setup, model, tokenizer, engine, train_set
     scheduler = build_scheduler(optimizer, config.optim, total_steps=ends[index] - state.stage_start_step)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.policy.loss_scaling)
     if resume is not None:
-        ckpt.load_optimizer_state(resume, optimizer, scheduler, scaler)
+        ckpt.load_optimizer_state(resume, optimizer, scheduler, scaler,
+                                  load_optimizer=lambda saved: load_full_optimizer_state(model, optimizer, saved, dist))
     filler = tokenizer("The answer is 42, so x = 7 and y = 6.", add_special_tokens=False)["input_ids"]
     layout, layout_reason = resolve_layout(model, config.algorithm.sequence_layout)
     say(f"micro-batch layout: {layout} ({layout_reason})")
     run = Run(config=config, setup=setup, model=model, ref_model=ref_model, tokenizer=tokenizer, engine=engine,
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, train=train_set,
               stream=DataStream(len(train_set.problems), state.data, shuffle=config.data.shuffle),
-              reward_fn=reward_fn, probe=build_probe(train_set.prompt_ids[0], filler), layout=layout)
+              reward_fn=reward_fn, probe=build_probe(train_set.prompt_ids[0], filler), layout=layout, dist=dist)
     sync_weights(run, initial=True)  # the engine started from model.path; resumed/carried weights differ
     return run
 

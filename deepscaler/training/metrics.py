@@ -95,12 +95,17 @@ class MetricsLogger:
     """Appends one JSON line per step to ``RUN_DIR/metrics.jsonl`` and forwards to the chosen trackers.
 
     On resume from step k, rows with step > k (written by the interrupted run after its last checkpoint) are
-    dropped first, so the file reads as if the run had never stopped.
+    dropped first, so the file reads as if the run had never stopped. ``enabled=False`` (data-parallel ranks
+    other than 0) writes nothing.
     """
 
     def __init__(self, run_dir: str | Path, backends: Sequence[str] = (), project: str = "deepscaler",
-                 experiment: str = "run", config: dict[str, Any] | None = None, resume_step: int | None = None):
+                 experiment: str = "run", config: dict[str, Any] | None = None, resume_step: int | None = None,
+                 enabled: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
+        self._file, self._trackers = None, []
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= resume_step]
@@ -111,6 +116,8 @@ class MetricsLogger:
         self._trackers = [_open_tracker(b, Path(run_dir), project, experiment, config or {}) for b in backends]
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -119,7 +126,8 @@ class MetricsLogger:
             tracker.log(step, numeric)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         for tracker in self._trackers:
             tracker.close()
 

@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -348,7 +348,6 @@ def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float
     Returns:
         ``(logprobs [B, R], entropy [B, R] or None)``, zero on padding (``batch.response_mask``).
     """
-    backbone = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
     kwargs: dict = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
     if batch.attention_mask is not None:
@@ -359,7 +358,7 @@ def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float
             implementation = str(getattr(model.config, "_attn_implementation", None) or "eager")
             kwargs["attention_mask"] = block_diagonal_causal_mask(batch.segment_ids, implementation,
                                                                   head.weight.dtype)
-    hidden = backbone(**kwargs).last_hidden_state
+    hidden = _last_hidden_state(model, kwargs)
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
 
     selected = batch.response_mask.bool()
@@ -395,6 +394,35 @@ def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float
     logprobs = _scatter(logp_chunks, selected, shape, compute_dtype)
     entropy = _scatter(entropy_chunks, selected, shape, compute_dtype) if compute_entropy else None
     return logprobs, entropy
+
+
+def _last_hidden_state(model: torch.nn.Module, kwargs: dict) -> torch.Tensor:
+    """The backbone's final hidden states ``[rows, T, H]`` (the LM head is applied by the caller, in chunks)."""
+    backbone = getattr(model, model.base_model_prefix)
+    if not _is_fsdp(model):
+        return backbone(**kwargs).last_hidden_state
+    # FSDP2 gathers the root's own parameters (embeddings, final norm, LM head) in the root's forward only, and
+    # keeps them gathered until its backward: run the whole model with a single logit position and take the
+    # backbone's output from a hook.
+    captured: dict[str, torch.Tensor] = {}
+    def keep(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        hidden = getattr(output, "last_hidden_state", output)
+        captured["hidden"] = hidden[0] if isinstance(hidden, tuple) else hidden
+
+    handle = backbone.register_forward_hook(keep)
+    try:
+        model(**kwargs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured["hidden"]
+
+
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def _scatter(chunks: list[torch.Tensor], selected: torch.Tensor, shape: torch.Size,

@@ -23,6 +23,15 @@ from deepscaler.algorithms import (
 )
 from deepscaler.training import checkpoint as ckpt
 from deepscaler.training.config import TrainConfig
+from deepscaler.training.distributed import (
+    SINGLE_PROCESS,
+    DistInfo,
+    all_gather,
+    all_max,
+    all_sum,
+    full_tensors,
+    plain_norm,
+)
 from deepscaler.training.metrics import group_solve_rates, response_metrics, summarize
 from deepscaler.training.packing import (
     ModelBatch,
@@ -95,6 +104,8 @@ class Run:
     layout: str = "packed"
     """"packed" or "padded" micro-batches (see resolve_layout)."""
     sync_history: dict[str, Any] = field(default_factory=dict)
+    dist: DistInfo = SINGLE_PROCESS
+    """Data-parallel rank and world size (see deepscaler.training.distributed)."""
 
 
 class Timer:
@@ -117,11 +128,15 @@ class Timer:
 
 def collect_rollouts(run: Run, state: ckpt.TrainerState, step: int, timer: Timer) -> tuple[Rollouts, dict]:
     """Sample prompt batches, generate and score; with dynamic sampling drop groups whose rewards are all equal
-    and refill until ``train_batch_size`` groups remain or ``max_rollout_batches`` batches were drawn."""
+    and refill until ``train_batch_size`` groups remain or ``max_rollout_batches`` batches were drawn.
+
+    With data parallelism every rank draws the same prompts and generates its own slice of them, each prompt with
+    the seed a single process would give it; group ids are global, and the metrics cover all ranks."""
     cfg = run.config
     from deepscaler.rollout import SamplingSettings
 
     batch_size, n = cfg.data.train_batch_size, cfg.rollout.n
+    start, end = run.dist.shard(batch_size)
     rounds = cfg.algorithm.max_rollout_batches if cfg.algorithm.dynamic_sampling else 1
     sampled: list[Rollouts] = []
     kept: list[Rollouts] = []
@@ -129,13 +144,16 @@ def collect_rollouts(run: Run, state: ckpt.TrainerState, step: int, timer: Timer
     for round_index in range(rounds):
         indices = run.stream.take(batch_size)
         state.consumed_prompts += batch_size
+        seed = derive_seed(cfg.trainer.seed, "rollout", step, round_index)
         settings = SamplingSettings(n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                     top_k=cfg.rollout.top_k, max_tokens=cfg.data.max_response_length,
-                                    min_tokens=cfg.rollout.min_tokens,
-                                    seed=derive_seed(cfg.trainer.seed, "rollout", step, round_index), logprobs=True)
+                                    min_tokens=cfg.rollout.min_tokens, logprobs=True,
+                                    prompt_seeds=[seed + position * n for position in range(start, end)])
+        indices = indices[start:end]
         with timer("rollout"):
             groups = run.engine.generate([run.train.prompt_ids[i] for i in indices], settings)
-        rollouts = to_rollouts(groups, [run.train.problems[i] for i in indices], group_offset=round_index * batch_size)
+        rollouts = to_rollouts(groups, [run.train.problems[i] for i in indices],
+                               group_offset=round_index * batch_size + start)
         with timer("reward"):
             rollouts.rewards = [float(r) for r in run.reward_fn(rollouts.texts, rollouts.problems)]
         sampled.append(rollouts)
@@ -144,25 +162,32 @@ def collect_rollouts(run: Run, state: ckpt.TrainerState, step: int, timer: Timer
             break
         verdict = filter_constant_groups(torch.tensor(rollouts.rewards), rollouts.group_ids)
         kept.append(rollouts.select([i for i, k in enumerate(verdict.keep.tolist()) if k]))
-        kept_groups += verdict.num_groups - verdict.num_dropped_groups
+        kept_groups += int(all_sum(run.dist, [verdict.num_groups - verdict.num_dropped_groups])[0])
         if kept_groups >= batch_size:
             break
     everything = Rollouts.concat(sampled)
     batch = Rollouts.concat(kept)
-    if cfg.algorithm.dynamic_sampling and kept_groups > batch_size:  # keep exactly train_batch_size groups
-        first = sorted(set(batch.group_ids), key=batch.group_ids.index)[:batch_size]
-        batch = batch.select([i for i, g in enumerate(batch.group_ids) if g in set(first)])
+    if cfg.algorithm.dynamic_sampling and kept_groups > batch_size:  # keep exactly the first train_batch_size groups
+        every_rank = [g for ids in all_gather(run.dist, sorted(set(batch.group_ids))) for g in ids]
+        first = set(sorted(every_rank)[:batch_size])  # global ids: round-major, then prompt position
+        batch = batch.select([i for i, g in enumerate(batch.group_ids) if g in first])
 
+    # metrics over every rank's samples (rank order keeps each group's samples together)
+    columns = all_gather(run.dist, (everything.rewards, [len(r) for r in everything.response_ids],
+                                    everything.truncated, [len(p) for p in everything.prompt_ids],
+                                    len(set(batch.group_ids))))
+    rewards, lengths, truncated, prompt_lengths = ([x for column in columns for x in column[k]] for k in range(4))
     metrics: dict[str, float] = {}
-    metrics.update(summarize(everything.rewards, "reward", ("mean", "max", "min", "std")))
-    metrics.update(group_solve_rates(everything.rewards, n))
-    metrics.update(response_metrics([len(r) for r in everything.response_ids], everything.truncated))
-    metrics.update(summarize([float(len(p)) for p in everything.prompt_ids], "prompt_length"))
+    metrics.update(summarize(rewards, "reward", ("mean", "max", "min", "std")))
+    metrics.update(group_solve_rates(rewards, n))
+    metrics.update(response_metrics(lengths, truncated))
+    metrics.update(summarize([float(x) for x in prompt_lengths], "prompt_length"))
+    # this rank's sampled tokens: throughput is per device, as verl reports it
     metrics["_sampled_tokens"] = float(sum(len(p) + len(r) for p, r in
                                            zip(everything.prompt_ids, everything.response_ids, strict=True)))
     if cfg.algorithm.dynamic_sampling:
         metrics["batch/rollout_batches"] = float(len(sampled))
-        metrics["batch/groups_kept"] = float(len(set(batch.group_ids)))
+        metrics["batch/groups_kept"] = float(sum(column[4] for column in columns))
     return batch, metrics
 
 
@@ -237,14 +262,30 @@ def make_batch(run: Run, prompts: list[list[int]], responses: list[list[int]]) -
 def sequence_logprobs(run: Run, model: torch.nn.Module, batch: Rollouts, temperature: float) -> list[torch.Tensor]:
     """Per-sequence log-probs of the response tokens (no grad), packed micro-batches within the token budget."""
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
-    plan = plan_batches(run, lengths)
+    plan = lockstep(run, plan_batches(run, lengths))
     results = []
     with torch.no_grad(), run.setup.policy.autocast(run.setup.device.type):
         for indices in plan:
+            if not indices:  # this rank has run out: an empty forward keeps FSDP's all-gathers in step
+                token_logprobs(model, idle_batch(run), temperature)
+                results.append([])
+                continue
             micro = make_batch(run, [batch.prompt_ids[i] for i in indices], [batch.response_ids[i] for i in indices])
             logprobs, _ = token_logprobs(model, micro, temperature)
             results.append([logprobs[k, : len(batch.response_ids[i])].float().cpu() for k, i in enumerate(indices)])
     return restore_order(results, plan)
+
+
+def lockstep(run: Run, plan: list[list[int]]) -> list[list[int]]:
+    """Pad a micro-batch plan with empty micro-batches up to the longest plan of any rank (FSDP needs every rank
+    to run the same number of forwards and backwards). Unchanged for a single process."""
+    return plan + [[] for _ in range(all_max(run.dist, len(plan)) - len(plan))]
+
+
+def idle_batch(run: Run) -> ModelBatch:
+    """A one-token prompt + one-token response: what an idle rank feeds the model to keep in step."""
+    token = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+    return make_batch(run, [[token]], [[token]])
 
 
 def mismatch_metrics(trainer: list[torch.Tensor], rollout: list[list[float]]) -> dict[str, float]:
@@ -263,10 +304,31 @@ def mismatch_metrics(trainer: list[torch.Tensor], rollout: list[list[float]]) ->
     return metrics
 
 
+def reduce_over_ranks(run: Run, metrics: dict[str, float], count_key: str = "rollout/num_tokens") -> dict[str, float]:
+    """Per-rank statistics made global: ``count_key`` summed, ``*max*`` keys the maximum, the others the mean
+    weighted by ``count_key`` (the per-token means of all ranks' tokens together)."""
+    if not run.dist.enabled:
+        return metrics
+    every = [m for m in all_gather(run.dist, metrics) if m]
+    total = sum(m.get(count_key, 1.0) for m in every) or 1.0
+    out = {}
+    for key in sorted({k for m in every for k in m}):
+        values = [(m[key], m.get(count_key, 1.0)) for m in every if key in m]
+        if key == count_key:
+            out[key] = sum(v for v, _ in values)
+        elif "max" in key:
+            out[key] = max(v for v, _ in values)
+        else:
+            out[key] = sum(v * w for v, w in values) / total
+    return out
+
+
 def split_groups(group_ids: list[int], parts: int) -> list[list[int]]:
-    """Sample indices of ``parts`` mini-batches made of whole groups (as even as possible, order kept)."""
+    """Sample indices of ``parts`` mini-batches made of whole groups (as even as possible, order kept). With
+    fewer groups than parts some mini-batches are empty: every data-parallel rank makes the same number of
+    optimizer steps even when dynamic sampling left it fewer groups."""
     order = sorted(set(group_ids), key=group_ids.index)
-    parts = max(1, min(parts, len(order)))
+    parts = max(1, parts)
     bounds = [round(k * len(order) / parts) for k in range(parts + 1)]
     members: dict[int, list[int]] = {}
     for index, group in enumerate(group_ids):
@@ -287,20 +349,28 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
     use_rollout_logprobs = algo.tis_cap is not None and batch.rollout_logprobs is not None
     if algo.tis_cap is not None and batch.rollout_logprobs is None:
         raise RuntimeError("algorithm.tis_cap is set but the rollout engine returned no log-probs")
-    parameters = [p for p in run.model.parameters() if p.requires_grad]
+    # the optimizer's own (with FSDP: sharded) parameters, for the gradient norm and clipping
+    parameters = [p for group in run.optimizer.param_groups for p in group["params"] if p.requires_grad]
     updates: list[dict[str, float]] = []
     mini_batches = split_groups(batch.group_ids, cfg.data.train_batch_size // algo.ppo_mini_batch_size)
     for _epoch in range(algo.ppo_epochs):
         for members in mini_batches:
             rows = [i for i in members if train_rows[i] and batch.response_ids[i]]
-            normalizer = LossNormalizer(num_tokens=float(sum(len(batch.response_ids[i]) for i in rows)),
-                                        num_sequences=float(len(rows)),
-                                        token_sum_scale=float(cfg.data.max_response_length))
-            if not rows:
+            # denominators of the whole mini-batch, over all ranks
+            num_tokens, num_sequences = all_sum(run.dist, [sum(len(batch.response_ids[i]) for i in rows), len(rows)])
+            if num_sequences == 0:
                 continue
+            normalizer = LossNormalizer(num_tokens=num_tokens, num_sequences=num_sequences,
+                                        token_sum_scale=float(cfg.data.max_response_length),
+                                        dp_size=run.dist.world_size)
             lengths = [len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in rows]
             shares = []
-            for micro in plan_batches(run, lengths):
+            for micro in lockstep(run, plan_batches(run, lengths)):
+                if not micro:  # idle rank: a zero-weight forward + backward keeps FSDP's collectives in step
+                    with setup.policy.autocast(setup.device.type):
+                        idle, _ = token_logprobs(run.model, idle_batch(run), cfg.rollout.temperature)
+                    (idle.sum() * 0.0).backward()
+                    continue
                 ids = [rows[k] for k in micro]
                 packed = make_batch(run, [batch.prompt_ids[i] for i in ids], [batch.response_ids[i] for i in ids])
                 with setup.policy.autocast(setup.device.type):
@@ -318,6 +388,9 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
                 run.scaler.scale(loss).backward() if run.scaler.is_enabled() else loss.backward()
                 shares.append(shares_metrics)
             update = sum_metrics(shares)
+            if run.dist.enabled:  # each rank holds its shares of the mini-batch-global means
+                keys = sorted({k for rank in all_gather(run.dist, sorted(update)) for k in rank})
+                update = dict(zip(keys, all_sum(run.dist, [update.get(k, 0.0) for k in keys]), strict=True))
             update.update(optimizer_step(run, parameters))
             updates.append(update)
     if not updates:
@@ -333,7 +406,7 @@ def optimizer_step(run: Run, parameters: list[torch.nn.Parameter]) -> dict[str, 
     if run.scaler.is_enabled():
         run.scaler.unscale_(run.optimizer)
     clip = run.config.optim.grad_clip
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip else float("inf"))
+    grad_norm = plain_norm(torch.nn.utils.clip_grad_norm_(parameters, clip if clip else float("inf")))
     finite = bool(torch.isfinite(grad_norm))
     lr = run.optimizer.param_groups[0]["lr"]
     if run.scaler.is_enabled():
@@ -364,8 +437,9 @@ def engine_probe_logprobs(run: Run) -> list[float]:
 
 
 def sync_weights(run: Run, initial: bool = False) -> dict[str, float]:
-    """Copy the trainer's weights into the engine (HF names, in place) and verify on the probe."""
-    run.engine.update_weights((name, tensor.detach()) for name, tensor in run.model.state_dict().items())
+    """Copy the trainer's weights into the engine (HF names, in place; sharded parameters gathered) and verify on
+    the probe. With data parallelism every rank checks its own engine, and a failure on any rank stops them all."""
+    run.engine.update_weights(full_tensors(run.model))
     if not run.config.rollout.verify_sync:
         return {}
     trainer_now, engine_now = trainer_probe_logprobs(run), engine_probe_logprobs(run)
@@ -374,8 +448,10 @@ def sync_weights(run: Run, initial: bool = False) -> dict[str, float]:
                         engine_before=None if initial else history.get("engine"),
                         trainer_before=None if initial else history.get("trainer"),
                         noise_floor=history.get("noise_floor", 0.0))
-    if not result.ok:
-        raise WeightSyncError(result.message)
+    failures = all_gather(run.dist, None if result.ok else result.message)
+    if any(failures):
+        raise WeightSyncError("; ".join(f"rank {r}: {m}" if run.dist.enabled else m
+                                        for r, m in enumerate(failures) if m))
     if initial:
         history["noise_floor"] = result.diff
     history.update(engine=engine_now, trainer=trainer_now)
@@ -388,7 +464,8 @@ def sync_weights(run: Run, initial: bool = False) -> dict[str, float]:
 
 
 def validate_policy(run: Run, val_sets: dict[str, PromptSet], step: int) -> dict[str, float]:
-    """Pass@1 (mean reward over ``validation.n`` samples per problem) on each validation set."""
+    """Pass@1 (mean reward over ``validation.n`` samples per problem) on each validation set; with data
+    parallelism each rank takes a slice of the problems (same seeds per problem as one process)."""
     from deepscaler.rollout import SamplingSettings
 
     cfg = run.config.validation
@@ -396,14 +473,18 @@ def validate_policy(run: Run, val_sets: dict[str, PromptSet], step: int) -> dict
     for name, prompts in val_sets.items():
         if not prompts.problems:
             continue
+        start, end = run.dist.split(len(prompts.problems))
+        seed = derive_seed(run.config.trainer.seed, "validation", step)
         settings = SamplingSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_tokens=cfg.max_response_length or run.config.data.max_response_length,
-                                    seed=derive_seed(run.config.trainer.seed, "validation", step), logprobs=False)
-        groups = run.engine.generate(prompts.prompt_ids, settings)
-        rollouts = to_rollouts(groups, prompts.problems)
-        rewards = [float(r) for r in run.reward_fn(rollouts.texts, rollouts.problems)]
-        metrics[f"val/pass@1/{name}"] = sum(rewards) / len(rewards)
-        metrics[f"val/response_length/{name}"] = sum(len(r) for r in rollouts.response_ids) / len(rollouts)
+                                    prompt_seeds=[seed + i * cfg.n for i in range(start, end)], logprobs=False)
+        groups = run.engine.generate(prompts.prompt_ids[start:end], settings) if end > start else []
+        rollouts = to_rollouts(groups, prompts.problems[start:end])
+        rewards = [float(r) for r in run.reward_fn(rollouts.texts, rollouts.problems)] if len(rollouts) else []
+        total, count, length = all_sum(run.dist, [sum(rewards), len(rewards),
+                                                  sum(len(r) for r in rollouts.response_ids)])
+        metrics[f"val/pass@1/{name}"] = total / count
+        metrics[f"val/response_length/{name}"] = length / count
     return metrics
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from deepscaler.training.config import TrainConfig
+from deepscaler.training.config import TrainConfig, stage_config
 
 logger = logging.getLogger("deepscaler.train")
 
@@ -31,8 +31,8 @@ class PrecisionSetup:
     device_reason: str
     sync_tolerance: float
     sync_tolerance_reason: str
-    gpu_memory_utilization: float = 0.1
-    gpu_memory_reason: str = ""
+    engine_memory: Any = None
+    """deepscaler.rollout.EngineMemory of the rollout engine: memory fraction, explicit KV-cache size, reason."""
     trainer_attention: Any = None
     """AttentionDecision of the trainer model (filled when the model is loaded)."""
     notes: list[str] = field(default_factory=list)
@@ -44,8 +44,9 @@ class PrecisionSetup:
             f"precision: {p.name} ({self.policy_reason}): master {p.param_dtype}, compute {p.compute_dtype}, "
             f"rollout {p.rollout_dtype}, logits {p.logits_dtype}" + (", loss scaling" if p.loss_scaling else ""),
             f"weight-sync check tolerance: {self.sync_tolerance:g} nats/token ({self.sync_tolerance_reason})",
-            f"vLLM memory fraction: {self.gpu_memory_utilization:g} ({self.gpu_memory_reason})",
         ]
+        if self.engine_memory is not None:
+            out.append(f"vLLM memory: {self.engine_memory.describe()}")
         if self.trainer_attention is not None:
             a = self.trainer_attention
             out.append(f"trainer attention: {getattr(a, 'backend', a)} ({getattr(a, 'reason', '')})")
@@ -81,13 +82,26 @@ def resolve_precision(config: TrainConfig) -> PrecisionSetup:
     else:
         tolerance, tolerance_reason = 0.15, (f"{policy.rollout_dtype} rollout vs {policy.compute_dtype} trainer "
                                              "differ by ~1e-2 per token from rounding alone")
-    if config.rollout.gpu_memory_utilization is not None:
-        memory, memory_reason = config.rollout.gpu_memory_utilization, "rollout.gpu_memory_utilization"
-    elif device.type == "cuda":
-        memory, memory_reason = 0.85, "GPU: DeepScaleR's 0.85 (weights + KV cache; the trainer shares the rest)"
-    else:
-        memory, memory_reason = 0.1, "CPU: vLLM takes the fraction of host RAM, 0.1 leaves room for the trainer"
-    return PrecisionSetup(policy, reason, device, device_reason, tolerance, tolerance_reason, memory, memory_reason)
+    _check_model_path(config.model.path)  # the CPU KV-cache size reads the model's config
+    memory = engine_memory(config, policy.rollout_dtype, config.model.path, engine_max_model_len(config))
+    return PrecisionSetup(policy, reason, device, device_reason, tolerance, tolerance_reason, memory)
+
+
+def engine_max_model_len(config: TrainConfig) -> int:
+    """The rollout engine's context: the longest prompt + response (training or validation) over all stages."""
+    configs = [stage_config(config, s) for s in config.trainer.stages] or [config]
+    return max(c.data.max_prompt_length + max(c.data.max_response_length, c.validation.max_response_length or 0)
+               for c in configs)
+
+
+def engine_memory(config: TrainConfig, rollout_dtype: str, model_path: str, max_model_len: int) -> Any:
+    """The rollout engine's memory settings (deepscaler.rollout.memory decides; rollout.gpu_memory_utilization
+    and rollout.kv_cache_memory_bytes override)."""
+    from deepscaler.rollout import engine_device_type, resolve_engine_memory
+
+    return resolve_engine_memory(engine_device_type(), "train", config.rollout.gpu_memory_utilization,
+                                 config.rollout.kv_cache_memory_bytes, model_path, max_model_len,
+                                 rollout_dtype=rollout_dtype)
 
 
 def load_policy_model(path: str, setup: PrecisionSetup, attention: str, trainable: bool = True) -> torch.nn.Module:
@@ -121,7 +135,11 @@ def build_engine(config: TrainConfig, setup: PrecisionSetup, model_path: str, ma
     """The vLLM rollout engine for the policy, in the rollout dtype of the precision policy."""
     from deepscaler.rollout import EngineConfig, RolloutEngine
 
-    extra: dict[str, Any] = {}
+    memory = engine_memory(config, setup.policy.rollout_dtype, model_path, max_model_len)
+    if memory != setup.engine_memory:  # another model or context than resolve_precision sized for
+        logger.info("vLLM memory for this engine: %s", memory.describe())
+        setup.engine_memory = memory
+    extra: dict[str, Any] = dict(memory.engine_kwargs())
     if config.rollout.max_num_batched_tokens:
         extra["max_num_batched_tokens"] = config.rollout.max_num_batched_tokens
     return RolloutEngine(EngineConfig(
@@ -131,7 +149,7 @@ def build_engine(config: TrainConfig, setup: PrecisionSetup, model_path: str, ma
         precision=setup.policy.name,
         attention_backend=config.rollout.attention,
         max_model_len=max_model_len,
-        gpu_memory_utilization=setup.gpu_memory_utilization,
+        gpu_memory_utilization=memory.gpu_memory_utilization,
         seed=config.trainer.seed,
         enforce_eager=config.rollout.enforce_eager,
         extra_engine_kwargs=extra,

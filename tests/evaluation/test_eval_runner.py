@@ -158,15 +158,16 @@ def test_cli_defaults_are_deepscalers_protocol():
     assert config.reward is None and config.resume
     config = eval_cli.config_from_args(parser.parse_args(
         ["eval", "--model", "m", "--datasets", "aime", "amc", "--think-format", "strict", "--think-prefill", "yes",
-         "--no-resume", "--max-model-len", "4096"]))
+         "--no-resume", "--max-model-len", "4096", "--kv-cache-memory-bytes", "134217728"]))
     assert config.datasets == ["aime", "amc"] and config.reward.think_format == "strict"
     assert (config.think_prefill, config.resume, config.max_model_len) == ("yes", False, 4096)
+    assert config.kv_cache_memory_bytes == 134217728
     with pytest.raises(ValueError, match="n must be >= 1"):
         EvalConfig(model="m", n=0)
 
 
 def test_max_model_len_and_memory_choices_each_branch(tiny_model_dir, monkeypatch):
-    from deepscaler.evaluation.runner import resolve_gpu_memory_utilization, resolve_max_model_len
+    from deepscaler.evaluation.runner import resolve_eval_memory, resolve_max_model_len
 
     model = str(tiny_model_dir)  # max_position_embeddings 1024
     assert resolve_max_model_len(EvalConfig(model=model, max_model_len=700))[0] == 700
@@ -174,13 +175,21 @@ def test_max_model_len_and_memory_choices_each_branch(tiny_model_dir, monkeypatc
     assert length == 500 and "capped" not in reason
     length, reason = resolve_max_model_len(EvalConfig(model=model))
     assert length == 1024 and "capped to 1024" in reason
-    assert resolve_gpu_memory_utilization(0.3) == (0.3, "given by --gpu-memory-utilization")
+    given = resolve_eval_memory(EvalConfig(model=model, gpu_memory_utilization=0.3), 500)
+    assert (given.gpu_memory_utilization, given.kv_cache_memory_bytes) == (0.3, None)
+    assert "--gpu-memory-utilization=0.3" in given.reason
+    assert resolve_eval_memory(EvalConfig(model=model, kv_cache_memory_bytes=1 << 27), 500).engine_kwargs() == {
+        "kv_cache_memory_bytes": 1 << 27}
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_gpu_memory_utilization(None)[0] == 0.1
+    cpu = resolve_eval_memory(EvalConfig(model=model), 500)  # sized from the tiny model's config
+    assert cpu.gpu_memory_utilization == 0.1 and cpu.kv_cache_memory_bytes >= 64 << 20
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_gpu_memory_utilization(None)[0] == 0.9
+    gpu = resolve_eval_memory(EvalConfig(model=model), 500)
+    assert (gpu.gpu_memory_utilization, gpu.kv_cache_memory_bytes) == (0.9, None)
+    with pytest.raises(ValueError, match="kv-cache-memory-bytes"):
+        EvalConfig(model=model, kv_cache_memory_bytes=0)
 
 
 def test_response_store_corruption_rules(tmp_path):

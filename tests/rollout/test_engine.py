@@ -142,3 +142,21 @@ def test_texts_match_vllm_detokenizer(engine):
             assert completion.text == sample.text
             finishes.add((completion.finish_reason, bool(completion.token_ids) and completion.token_ids[-1] in stop_ids))
     assert ("stop", True) in finishes and ("length", False) in finishes
+
+
+def test_prompt_seeds_make_samples_independent_of_position_and_call_seed(engine):
+    """prompt_seeds[i] seeds prompt i whatever its position and whatever ``seed`` says; the old positional
+    scheme (seed + i * n) gives the second prompt of a call other samples than the same prompt alone."""
+    first, second = _prompts(engine)
+    settings = dict(n=2, temperature=1.0, max_tokens=8)
+    pair = engine.generate([first, second], SamplingSettings(**settings, seed=123, prompt_seeds=[11, 29]))
+    alone = engine.generate([second], SamplingSettings(**settings, seed=999, prompt_seeds=[29]))
+    assert [c.token_ids for c in pair[1]] == [c.token_ids for c in alone[0]]
+    positional_pair = engine.generate([first, second], SamplingSettings(**settings, seed=5))
+    positional_alone = engine.generate([second], SamplingSettings(**settings, seed=5))
+    assert [c.token_ids for c in positional_pair[1]] != [c.token_ids for c in positional_alone[0]]
+
+
+def test_prompt_seeds_length_must_match_prompts(engine):
+    with pytest.raises(ValueError, match=r"prompt_seeds has 1 seeds for 2 prompts.*one seed per prompt"):
+        engine.generate(_prompts(engine), SamplingSettings(n=1, max_tokens=4, prompt_seeds=[1]))
