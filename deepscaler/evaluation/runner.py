@@ -166,9 +166,15 @@ def problem_seed(eval_seed: int, problem_id: str, n: int) -> int:
     return int.from_bytes(digest, "big") % (2**31 - n)
 
 
+SEEDING = "per-problem-id"
+"""How sampling seeds are chosen (recorded in settings.json; folders written before it was recorded used the
+prompt's position within a chunk, and their samples must not be mixed with new ones)."""
+
+
 def _settings(config: EvalConfig) -> dict[str, Any]:
     settings = asdict(config)
     settings["reward"] = repr(config.reward)
+    settings["seeding"] = SEEDING
     return settings
 
 
@@ -179,7 +185,8 @@ def _check_settings(output_dir: Path, config: EvalConfig) -> None:
         return
     before = json.loads(path.read_text())
     now = _settings(config)
-    changed = [k for k in _SAMPLE_SETTINGS if k in before and before[k] != now[k]]
+    before.setdefault("seeding", "position in chunk")
+    changed = [k for k in (*_SAMPLE_SETTINGS, "seeding") if k in before and before[k] != now[k]]
     if changed:
         diffs = ", ".join(f"{k}: {before[k]!r} → {now[k]!r}" for k in changed)
         raise ValueError(f"{output_dir} holds responses sampled with other settings ({diffs}). Fix: use another "

@@ -129,6 +129,20 @@ def test_changed_settings_refuse_to_resume(dataset, tmp_path):
     assert sum(engine.calls) == 5
 
 
+def test_folder_from_the_old_seeding_refuses_to_resume(dataset, tmp_path):
+    """settings.json written before seeds were per problem id has no "seeding" key: its samples came from
+    other seeds, so resuming into it would mix two sampling schemes."""
+    out = tmp_path / "out"
+    evaluate(_config(dataset, out, max_problems=2), engine=ScriptedEngine())
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seeding"] == "per-problem-id"
+    evaluate(_config(dataset, out), engine=ScriptedEngine())  # same scheme: resumes
+    del settings["seeding"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"seeding: 'position in chunk' → 'per-problem-id'"):
+        evaluate(_config(dataset, out), engine=ScriptedEngine())
+
+
 def test_no_output_dir_keeps_nothing(dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     results = evaluate(_config(dataset, None, max_problems=3), engine=ScriptedEngine())
