@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny Qwen2 model saved locally, and the optional DeepScaleR data folder."""
+"""Shared fixtures: a tiny Qwen2 model saved locally, a vLLM engine on it, and the optional DeepScaleR data folder."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from deepscaler.models.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_dir):
+    """An in-process vLLM engine on the tiny model (float32, 256 positions); one per test module, since some
+    modules change its weights."""
+    pytest.importorskip("vllm")
+    from deepscaler.rollout import EngineConfig, RolloutEngine
+
+    engine = RolloutEngine(EngineConfig(model=str(tiny_model_dir), dtype="float32", max_model_len=256,
+                                        gpu_memory_utilization=0.1, precision="fp32"))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ pytest.importorskip("vllm")
 
 from deepscaler.evaluation import EvalConfig, evaluate  # noqa: E402
 from deepscaler.evaluation.runner import problem_seed  # noqa: E402
-from deepscaler.rollout import EngineConfig, RolloutEngine  # noqa: E402
+from deepscaler.rollout import RolloutEngine  # noqa: E402
 
 PROBLEMS = [("Add 1 and 1.", "2"), ("Add 2 and 2.", "4"), ("Add 3 and 3.", "6"), ("Add 4 and 4.", "8"),
             ("Add 5 and 5.", "10")]
@@ -32,11 +32,8 @@ class RecordingEngine:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    engine = RolloutEngine(EngineConfig(model=str(tiny_model_dir), dtype="float32", max_model_len=256,
-                                        gpu_memory_utilization=0.1, precision="fp32"))
-    yield engine
-    engine.close()
+def engine(tiny_engine):
+    return tiny_engine
 
 
 @pytest.fixture

@@ -7,15 +7,12 @@ import torch
 
 pytest.importorskip("vllm")
 
-from deepscaler.rollout import EngineConfig, RolloutEngine, SamplingSettings  # noqa: E402
+from deepscaler.rollout import SamplingSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    engine = RolloutEngine(EngineConfig(model=str(tiny_model_dir), dtype="float32", max_model_len=256,
-                                        gpu_memory_utilization=0.1, precision="fp32"))
-    yield engine
-    engine.close()
+def engine(tiny_engine):
+    return tiny_engine
 
 
 @pytest.fixture(scope="module")
