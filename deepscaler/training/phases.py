@@ -305,13 +305,18 @@ def mismatch_metrics(trainer: list[torch.Tensor], rollout: list[list[float]]) ->
 
 
 def reduce_over_ranks(run: Run, metrics: dict[str, float], count_key: str = "rollout/num_tokens") -> dict[str, float]:
-    """Per-rank statistics made global: ``count_key`` summed, ``*max*`` keys the maximum, the others the mean
-    weighted by ``count_key`` (the per-token means of all ranks' tokens together)."""
+    """This rank's per-token statistics made global (see :func:`combine_rank_metrics`)."""
     if not run.dist.enabled:
         return metrics
-    every = [m for m in all_gather(run.dist, metrics) if m]
-    total = sum(m.get(count_key, 1.0) for m in every) or 1.0
-    out = {}
+    return combine_rank_metrics(all_gather(run.dist, metrics), count_key)
+
+
+def combine_rank_metrics(per_rank: list[dict[str, float]], count_key: str = "rollout/num_tokens") -> dict[str, float]:
+    """Statistics of several ranks as one: ``count_key`` summed, ``*max*`` keys the maximum, the others the mean
+    weighted by each rank's ``count_key`` (the mean over all ranks' tokens together). Empty dicts (ranks with
+    no samples) are ignored."""
+    every = [m for m in per_rank if m]
+    out: dict[str, float] = {}
     for key in sorted({k for m in every for k in m}):
         values = [(m[key], m.get(count_key, 1.0)) for m in every if key in m]
         if key == count_key:
@@ -319,7 +324,7 @@ def reduce_over_ranks(run: Run, metrics: dict[str, float], count_key: str = "rol
         elif "max" in key:
             out[key] = max(v for v, _ in values)
         else:
-            out[key] = sum(v * w for v, w in values) / total
+            out[key] = sum(v * w for v, w in values) / (sum(w for _, w in values) or 1.0)
     return out
 
 

@@ -61,6 +61,26 @@ def test_shards_cover_every_item_once():
         DistInfo(rank=0, world_size=4).shard(6)
 
 
+def test_rank_metrics_combine_as_one_batch():
+    from deepscaler.training.phases import combine_rank_metrics
+
+    ranks = [{"rollout/num_tokens": 30.0, "rollout/logprob_diff": 0.1, "rollout/logprob_diff_max": 0.5},
+             {"rollout/num_tokens": 10.0, "rollout/logprob_diff": 0.5, "rollout/logprob_diff_max": 0.9}, {}]
+    combined = combine_rank_metrics(ranks)
+    assert combined["rollout/num_tokens"] == 40.0
+    assert combined["rollout/logprob_diff"] == pytest.approx((30 * 0.1 + 10 * 0.5) / 40)  # per token, not per rank
+    assert combined["rollout/logprob_diff_max"] == 0.9
+
+
+def test_mini_batches_of_whole_groups_keep_their_count():
+    """Every rank makes the same number of optimizer steps: with fewer groups than mini-batches some are empty."""
+    from deepscaler.training.phases import split_groups
+
+    assert split_groups([7, 7, 8, 8, 9, 9, 10, 10], 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert split_groups([7, 7, 8, 8], 4) == [[], [0, 1], [2, 3], []]
+    assert len(split_groups([], 3)) == 3
+
+
 def test_two_ranks_train_like_one_process(runs, tiny_model_dir):
     root, single, resumed = runs
     dp_rows = json.loads((root / "dp_first.json").read_text()) + resumed
