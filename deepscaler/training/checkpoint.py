@@ -5,7 +5,7 @@ Layout of one checkpoint (``RUN_DIR/checkpoints/step_000040/``)::
     config.json, model.safetensors, generation_config.json   # Hugging Face model (save_pretrained)
     tokenizer.json, tokenizer_config.json, ...               # tokenizer (save_pretrained)
     trainer_state.json   # step, stage, data position (epoch, index, shuffle seed), config, versions
-    optimizer.pt         # optimizer + LR scheduler (+ fp16 GradScaler) state dicts
+    optimizer.pt         # optimizer (keyed by parameter name) + LR scheduler (+ fp16 GradScaler) state dicts
     rng.pt               # python, numpy, torch CPU (+ CUDA) RNG states (rng_rank<r>.pt: data-parallel rank r)
 
 A checkpoint is written into ``.tmp-step_000040`` and renamed at the end, so a folder named ``step_*`` is
@@ -37,6 +37,7 @@ from deepscaler.training.distributed import (
     barrier,
     full_optimizer_state,
     full_state_dict,
+    load_full_optimizer_state,
 )
 
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
@@ -129,7 +130,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
     final = checkpoint_dir(run_dir, state.step)
     tmp = final.parent / f".tmp-{final.name}"
     weights = _untied(model, full_state_dict(model)) if dist.enabled else None
-    optimizer_state = full_optimizer_state(model, optimizer, dist) if optimizer is not None else None
+    optimizer_state = full_optimizer_state(model, optimizer) if optimizer is not None else None
     if dist.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -187,7 +188,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     another tool loads the same way.
     """
     load_weights(path, model)
-    load_optimizer_state(path, optimizer, scheduler, scaler)
+    load_optimizer_state(path, optimizer, scheduler, scaler, model=model)
     if restore_rng_state:
         load_rng_state(path)
     return load_trainer_state(path)
@@ -212,14 +213,17 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
 
 
 def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                         scaler: Any = None, load_optimizer: Any = None) -> None:
+                         scaler: Any = None, model: torch.nn.Module | None = None) -> None:
     """Restore optimizer / LR scheduler / GradScaler state dicts saved by :func:`save_checkpoint`.
 
-    ``load_optimizer(state)`` replaces ``optimizer.load_state_dict`` (sharded parameters load through
-    ``distributed.load_full_optimizer_state``)."""
+    The optimizer state is keyed by parameter name, so ``model`` (sharded or not) is needed to place it; without
+    it only a positional state (older checkpoints) can be loaded."""
     blobs = torch.load(Path(path) / "optimizer.pt", map_location="cpu", weights_only=False)
     if optimizer is not None and blobs.get("optimizer") is not None:
-        (load_optimizer or optimizer.load_state_dict)(blobs["optimizer"])
+        if model is not None:
+            load_full_optimizer_state(model, optimizer, blobs["optimizer"])
+        else:
+            optimizer.load_state_dict(blobs["optimizer"])
     if scheduler is not None and blobs.get("scheduler") is not None:
         scheduler.load_state_dict(blobs["scheduler"])
     if scaler is not None and blobs.get("scaler") is not None:

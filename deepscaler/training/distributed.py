@@ -181,10 +181,9 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.cpu() for name, tensor in full_tensors(model)}
 
 
-def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
-    """The optimizer state as a single-process run would save it (collective with several ranks)."""
-    if not info.enabled:
-        return optimizer.state_dict()
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The whole optimizer state on the CPU, keyed by parameter name rather than position, so that it loads into
+    any number of ranks (collective with several ranks; every rank gets it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     reshard(model)
@@ -192,14 +191,19 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                              info: DistInfo) -> None:
-    """Load a single-process (full) optimizer state into this rank's shards."""
-    if not info.enabled:
-        optimizer.load_state_dict(state)
-        return
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a state from :func:`full_optimizer_state` (or a positional ``optimizer.state_dict()``, as checkpoints
+    written before name-keyed states hold) into this rank's parameters, sharded or not."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    reshard(model)
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    if any(isinstance(key, int) for key in state.get("state", {})) or any(
+            isinstance(index, int) for group in state.get("param_groups", []) for index in group["params"]):
+        # positional: the optimizer was built over the trainable parameters in model order
+        state = {"state": {names[index]: value for index, value in state["state"].items()},
+                 "param_groups": [{**group, "params": [names[index] for index in group["params"]]}
+                                  for group in state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True))
 

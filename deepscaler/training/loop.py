@@ -33,7 +33,6 @@ from deepscaler.training.distributed import (
     all_gather,
     all_sum,
     init_distributed,
-    load_full_optimizer_state,
     shard_model,
     shutdown,
 )
@@ -340,8 +339,7 @@ def _start_stage(config: TrainConfig, setup, model, tokenizer, engine, train_set
     scheduler = build_scheduler(optimizer, config.optim, total_steps=ends[index] - state.stage_start_step)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.policy.loss_scaling)
     if resume is not None:
-        ckpt.load_optimizer_state(resume, optimizer, scheduler, scaler,
-                                  load_optimizer=lambda saved: load_full_optimizer_state(model, optimizer, saved, dist))
+        ckpt.load_optimizer_state(resume, optimizer, scheduler, scaler, model=model)
     filler = tokenizer("The answer is 42, so x = 7 and y = 6.", add_special_tokens=False)["input_ids"]
     layout, layout_reason = resolve_layout(model, config.algorithm.sequence_layout)
     say(f"micro-batch layout: {layout} ({layout_reason})")

@@ -3,7 +3,8 @@
 Every rank samples its slice of the prompts with the seeds one process would use, so both runs see the same
 samples and rewards; the loss denominators are global and FSDP sums the ranks' gradients, so the weights after
 each step agree up to float32 reduction order. The two-rank run is also interrupted after its second step and
-resumed (full optimizer state gathered into the checkpoint, re-sharded on load).
+resumed (full optimizer state gathered into the checkpoint, re-sharded on load), and its step-2 checkpoint is
+resumed by a single process too.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def runs(tiny_model_dir, tmp_path_factory):
     run_worker(2, tiny_model_dir, root / "dp", 2, root / "dp_first.json")
     shutil.rmtree(root / "dp" / "checkpoints" / "step_000003", ignore_errors=True)
     resumed = run_worker(2, tiny_model_dir, root / "dp", 3, root / "dp_resumed.json")
+    # the two-rank checkpoint of step 2 resumed by one process: a checkpoint does not depend on the rank count
+    shutil.copytree(root / "dp" / "checkpoints" / "step_000002", root / "cross" / "checkpoints" / "step_000002")
+    run_worker(1, tiny_model_dir, root / "cross", 3, root / "cross.json")
     return root, single, resumed
 
 
@@ -93,9 +97,10 @@ def test_two_ranks_train_like_one_process(runs, tiny_model_dir):
         for key in ("actor/pg_loss", "actor/kl", "actor/entropy", "actor/grad_norm"):
             assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["step"], key)
     initial = weights(Path(tiny_model_dir))
-    for step in (1, 2, 3):
+    runs_compared = [(step, "dp") for step in (1, 2, 3)] + [(3, "cross")]
+    for step, other in runs_compared:
         name = f"step_{step:06d}"
-        one, two = weights(root / "single" / "checkpoints" / name), weights(root / "dp" / "checkpoints" / name)
+        one, two = weights(root / "single" / "checkpoints" / name), weights(root / other / "checkpoints" / name)
         assert one.keys() == two.keys()
         # training really changed the weights, and both runs changed them alike: the gap is float32 reduction
         # order, which Adam's g / sqrt(v) amplifies only on near-zero gradient entries

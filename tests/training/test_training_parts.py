@@ -73,6 +73,25 @@ def test_checkpoint_round_trip_is_exact_and_loads_in_transformers(tiny, tmp_path
         assert torch.equal(a, b)
 
 
+def test_optimizer_state_is_saved_by_name_and_positional_states_still_load(tiny):
+    """Checkpoints key the optimizer state by parameter name (so it loads into any number of FSDP ranks); a
+    positional ``optimizer.state_dict()`` from an older checkpoint loads to the same moments."""
+    from deepscaler.training.distributed import full_optimizer_state, load_full_optimizer_state
+
+    model, _ = tiny
+    optim_config = OptimConfig(lr=1e-3)
+    optimizer = build_optimizer(model.parameters(), optim_config)
+    _train_a_bit(model, optimizer, build_scheduler(optimizer, optim_config, total_steps=10))
+    named = full_optimizer_state(model, optimizer)
+    assert set(named["state"]) == {name for name, p in model.named_parameters() if p.requires_grad}
+    for saved in (named, optimizer.state_dict()):
+        fresh = build_optimizer(model.parameters(), optim_config)
+        build_scheduler(fresh, optim_config, total_steps=10)  # as on resume: the scheduler exists first
+        load_full_optimizer_state(model, fresh, saved)
+        for a, b in zip(optimizer.state_dict()["state"].values(), fresh.state_dict()["state"].values(), strict=True):
+            assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
 def test_incomplete_checkpoints_are_ignored_and_old_ones_pruned(tiny, tmp_path):
     model, tokenizer = tiny
     for step in (10, 20, 30, 40):
