@@ -69,8 +69,8 @@ SINGLE_PROCESS = DistInfo()
 def init_distributed(device_request: str = "auto") -> tuple[DistInfo, str]:
     """(DistInfo, reason). Joins the torchrun group when ``WORLD_SIZE`` > 1; otherwise a single process.
 
-    On CUDA each rank is restricted to its own GPU (``CUDA_VISIBLE_DEVICES=LOCAL_RANK`` unless already set) before
-    CUDA starts, so the trainer and the rank's in-process vLLM engine both see it as ``cuda:0``.
+    On CUDA each rank is restricted to its own GPU (:func:`own_gpu`) before CUDA starts, so the trainer and the
+    rank's in-process vLLM engine both see it as ``cuda:0``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -80,14 +80,28 @@ def init_distributed(device_request: str = "auto") -> tuple[DistInfo, str]:
         backend = dist.get_backend()
     else:
         use_cuda = device_request.startswith("cuda") or (device_request == "auto" and _cuda_present())
-        if use_cuda and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
+        if use_cuda:
+            os.environ["CUDA_VISIBLE_DEVICES"] = own_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"), local_rank)
         backend = "nccl" if use_cuda else "gloo"
         if use_cuda:
             torch.cuda.set_device(0)
         dist.init_process_group(backend)
     info = DistInfo(rank, world_size, local_rank, backend)
     return info, f"torchrun: rank {rank} of {world_size} (local rank {local_rank}), {backend}"
+
+
+def own_gpu(visible: str | None, local_rank: int) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` value that leaves this rank only its own GPU: the ``local_rank``-th of the
+    visible ones (all GPUs when unset); a single visible GPU is taken as already chosen for this process."""
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
+    if devices is None:
+        return str(local_rank)
+    if len(devices) == 1:
+        return devices[0]
+    if local_rank >= len(devices):
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but CUDA_VISIBLE_DEVICES={visible} lists {len(devices)} GPUs; "
+                           "start at most one process per visible GPU (torchrun --nproc_per_node)")
+    return devices[local_rank]
 
 
 def _cuda_present() -> bool:
