@@ -129,7 +129,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
     """
     final = checkpoint_dir(run_dir, state.step)
     tmp = final.parent / f".tmp-{final.name}"
-    weights = _untied(model, full_state_dict(model)) if dist.enabled else None
+    weights = _untied(model, full_state_dict(model, keep=dist.is_main)) if dist.enabled else None
     optimizer_state = full_optimizer_state(model, optimizer) if optimizer is not None else None
     if dist.is_main:
         if tmp.exists():

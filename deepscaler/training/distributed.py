@@ -1,7 +1,7 @@
 """Data parallelism over ``torchrun``: one process per device, each with its own vLLM engine and an FSDP2 shard of
 the policy.
 
-    torchrun --nproc_per_node 8 -m deepscaler.cli.main train --config deepscaler-1.5b-8k
+    torchrun --nproc_per_node 8 -m deepscaler train --config deepscaler-1.5b-8k
 
 What each rank does in a step (the loop is the same as with one process; the functions here are its only
 collectives):
@@ -21,7 +21,6 @@ With one process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) nothing here does any c
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-logger = logging.getLogger("deepscaler.train")
 
 
 @dataclass(frozen=True)
@@ -190,14 +187,19 @@ def full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, full.detach()
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's state dict on the CPU (collective with several ranks; every rank gets it)."""
-    return {name: tensor.cpu() for name, tensor in full_tensors(model)}
+def full_state_dict(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on the CPU (collective with several ranks: all take part in every gather,
+    only those with ``keep`` hold the result, the others get an empty dict)."""
+    gathered = {}
+    for name, tensor in full_tensors(model):
+        if keep:
+            gathered[name] = tensor.cpu()
+    return gathered
 
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The whole optimizer state on the CPU, keyed by parameter name rather than position, so that it loads into
-    any number of ranks (collective with several ranks; every rank gets it)."""
+    any number of ranks (collective with several ranks; with cpu_offload only rank 0 holds it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     reshard(model)
