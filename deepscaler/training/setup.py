@@ -3,7 +3,6 @@ the reward function. ``loop.py`` calls these; each prints its decision once with
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +11,6 @@ from typing import Any
 import torch
 
 from deepscaler.training.config import TrainConfig, stage_config
-
-logger = logging.getLogger("deepscaler.train")
 
 RewardFn = Callable[[list[str], list[Any]], list[float]]
 """``reward_fn(responses, problems) -> rewards``: one float per response; ``problems[i]`` is the Problem the
@@ -131,24 +128,22 @@ def _check_model_path(path: str) -> None:
                                 "model.path=<hub id or folder>")
 
 
-def build_engine(config: TrainConfig, setup: PrecisionSetup, model_path: str, max_model_len: int) -> Any:
-    """The vLLM rollout engine for the policy, in the rollout dtype of the precision policy."""
+def build_engine(config: TrainConfig, setup: PrecisionSetup) -> Any:
+    """The vLLM rollout engine for ``model.path``, in the rollout dtype of the precision policy, with the memory
+    settings ``resolve_precision`` decided (and printed) for the same model and context."""
     from deepscaler.rollout import EngineConfig, RolloutEngine
 
-    memory = engine_memory(config, setup.policy.rollout_dtype, model_path, max_model_len)
-    if memory != setup.engine_memory:  # another model or context than resolve_precision sized for
-        logger.info("vLLM memory for this engine: %s", memory.describe())
-        setup.engine_memory = memory
+    memory = setup.engine_memory
     extra: dict[str, Any] = dict(memory.engine_kwargs())
     if config.rollout.max_num_batched_tokens:
         extra["max_num_batched_tokens"] = config.rollout.max_num_batched_tokens
     return RolloutEngine(EngineConfig(
-        model=model_path,
+        model=config.model.path,
         tokenizer=config.model.tokenizer,
         dtype=setup.policy.rollout_dtype,
         precision=setup.policy.name,
         attention_backend=config.rollout.attention,
-        max_model_len=max_model_len,
+        max_model_len=engine_max_model_len(config),
         gpu_memory_utilization=memory.gpu_memory_utilization,
         seed=config.trainer.seed,
         enforce_eager=config.rollout.enforce_eager,
