@@ -58,7 +58,6 @@ from deepscaler.training.setup import (
     build_engine,
     default_reward_fn,
     encode,
-    engine_max_model_len,
     load_policy_model,
     load_tokenizer,
     load_train_problems,
@@ -191,11 +190,13 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
         on_step_end: hook called after each step's metrics and checkpoint are written.
     """
     validate_config(config)
-    joined_group = torch.distributed.is_available() and not torch.distributed.is_initialized()
+    group_existed = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist, dist_reason = init_distributed(config.precision.device)
-    joined_group = joined_group and dist.enabled
+    joined_group = dist.enabled and not group_existed  # train() leaves only a group it joined itself
     _SAYS[0] = dist.is_main
-    check_data_parallel(config, dist)
+    stages = config.trainer.stages or [StageConfig()]
+    stage_configs = [stage_config(config, s) for s in config.trainer.stages] or [config]
+    check_data_parallel([config, *stage_configs], dist)
     run_dir = Path(config.trainer.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
@@ -203,8 +204,6 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
     resume = find_resume_checkpoint(config)
     state = ckpt.load_trainer_state(resume) if resume else ckpt.TrainerState(
         data=ckpt.DataPosition(seed=derive_seed(config.trainer.seed, "data", 0)))
-    stages = config.trainer.stages or [StageConfig()]
-    stage_configs = [stage_config(config, s) for s in config.trainer.stages] or [config]
 
     # Decisions first (device, precision, attention), each printed once with its reason.
     setup = resolve_precision(config)
@@ -237,12 +236,11 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
                           f"data.train_batch_size={config.data.train_batch_size}; lower the batch size, add data, or "
                           "set trainer.total_steps")
     ends = [s.until_step or total_steps for s in stages]
-    max_model_len = engine_max_model_len(config)
     for line in [f"data parallel: {dist_reason}"] + setup.lines() + [f"think prefill: {opens_think} ({think_reason})"]:
         say(line)
     own_engine = engine is None
     if own_engine:
-        engine = build_engine(config, setup, config.model.path, max_model_len)
+        engine = build_engine(config, setup)
 
     # one rank writes the metrics file and trackers and shows progress (the metrics are already global)
     metrics_log = MetricsLogger(run_dir, config.logging.backends, config.logging.project, config.trainer.experiment,
@@ -313,11 +311,11 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
     return TrainResult(run_dir, state.step, last_metrics, last_checkpoint, plots)
 
 
-def check_data_parallel(config: TrainConfig, dist: DistInfo) -> None:
-    """Batch sizes must split evenly over the data-parallel ranks."""
+def check_data_parallel(configs: Sequence[TrainConfig], dist: DistInfo) -> None:
+    """Batch sizes (of the run's config and of each stage's) must split evenly over the data-parallel ranks."""
     if not dist.enabled:
         return
-    for stage in [config] + [stage_config(config, s) for s in config.trainer.stages]:
+    for stage in configs:
         for field_name, value in (("data.train_batch_size", stage.data.train_batch_size),
                                   ("algorithm.ppo_mini_batch_size", stage.algorithm.ppo_mini_batch_size)):
             if value % dist.world_size:

@@ -393,9 +393,9 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
                 run.scaler.scale(loss).backward() if run.scaler.is_enabled() else loss.backward()
                 shares.append(shares_metrics)
             update = sum_metrics(shares)
-            if run.dist.enabled:  # each rank holds its shares of the mini-batch-global means
-                keys = sorted({k for rank in all_gather(run.dist, sorted(update)) for k in rank})
-                update = dict(zip(keys, all_sum(run.dist, [update.get(k, 0.0) for k in keys]), strict=True))
+            if run.dist.enabled:  # each rank holds its shares of the mini-batch-global means: add them up
+                every = all_gather(run.dist, update)
+                update = {k: sum(rank.get(k, 0.0) for rank in every) for k in sorted({k for r in every for k in r})}
             update.update(optimizer_step(run, parameters))
             updates.append(update)
     if not updates:
