@@ -123,26 +123,54 @@ def _reference_logprobs(model, prompt, response):
     return logp.gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
 
 
+FLOAT64_ATOL = 1e-12
+"""Two float64 computations of the same log-prob (|logp| < 10) in different layouts differ by float64 rounding
+(unit roundoff 1.1e-16, measured <= 2e-15); 1e-12 leaves ~500x headroom and still catches any float32 step."""
+EAGER_ATOL = 16 * 2.0**-24
+"""transformers' eager attention runs its softmax in float32 even for float64 inputs (the rest of model64 is
+float64): scores are rounded to float32 (relative error u = 2^-24) and exp, sum and division add a few u more,
+so each layout's log-probs carry O(u) error from the float64 value (measured 0.3 u = 1.7e-8). 16 u bounds each
+layout's distance from the float64 result; two layouts then agree within 2 x 16 u."""
+
+
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("packed_attention", ["position_ids", "explicit_mask"])
 def test_packed_equals_padded_equals_one_by_one_float64(model64, packed_attention, implementation, monkeypatch):
-    monkeypatch.setattr(model64.config, "_attn_implementation", implementation)
     prompts, responses = _sequences()
+    with torch.no_grad():  # the float64 result: sdpa computes every step in float64 (see run_in_float64)
+        exact, exact_entropy = token_logprobs(model64, pad_sequences(prompts, responses), TEMPERATURE,
+                                              compute_entropy=True)
+    monkeypatch.setattr(model64.config, "_attn_implementation", implementation)
+    atol = FLOAT64_ATOL if implementation == "sdpa" else EAGER_ATOL
     with torch.no_grad():
         packed, packed_entropy = token_logprobs(model64, pack_sequences(prompts, responses), TEMPERATURE,
                                                 compute_entropy=True, packed_attention=packed_attention)
         padded, padded_entropy = token_logprobs(model64, pad_sequences(prompts, responses), TEMPERATURE,
                                                 compute_entropy=True)
         assert packed.dtype == torch.float64 and packed.shape == (5, 11)
-        torch.testing.assert_close(packed, padded, rtol=0, atol=1e-12)
-        torch.testing.assert_close(packed_entropy, padded_entropy, rtol=0, atol=1e-12)
+        for logprobs, entropy in ((packed, packed_entropy), (padded, padded_entropy)):
+            torch.testing.assert_close(logprobs, exact, rtol=0, atol=atol)
+            torch.testing.assert_close(entropy, exact_entropy, rtol=0, atol=atol)
+        torch.testing.assert_close(packed, padded, rtol=0, atol=2 * atol)
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             alone, _ = token_logprobs(model64, pack_sequences([prompt], [response]), TEMPERATURE)
-            torch.testing.assert_close(packed[i, : len(response)], alone[0, : len(response)], rtol=0, atol=1e-12)
-            if response and implementation == "sdpa":  # eager's softmax is float32 even for float64 inputs
+            torch.testing.assert_close(packed[i, : len(response)], alone[0, : len(response)], rtol=0, atol=2 * atol)
+            if response:
                 torch.testing.assert_close(packed[i, : len(response)], _reference_logprobs(model64, prompt, response),
-                                           rtol=0, atol=1e-12)
+                                           rtol=0, atol=2 * atol)
             assert (packed[i, len(response):] == 0).all()
+
+
+def test_model64_computes_in_float64_throughout(model64):
+    """Negative control for the 1e-12 bound: the stock float64 model (RMSNorm and rotary cos/sin in float32)
+    is ~1e-8 away from the float64 result, so a float32 step anywhere in the path fails FLOAT64_ATOL."""
+    stock = build_tiny_model(build_tiny_tokenizer(), seed=0).double().eval()
+    stock.config._attn_implementation = "sdpa"
+    prompts, responses = _sequences()
+    with torch.no_grad():
+        exact, _ = token_logprobs(model64, pad_sequences(prompts, responses), TEMPERATURE)
+        rounded, _ = token_logprobs(stock, pad_sequences(prompts, responses), TEMPERATURE)
+    assert (exact - rounded).abs().max() > 1e3 * FLOAT64_ATOL
 
 
 def test_packing_without_isolation_would_differ(model64):
