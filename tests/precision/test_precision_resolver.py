@@ -313,18 +313,19 @@ from deepscaler.precision import resolve_attention
 
 def main(path):
     decision = resolve_attention("rollout", AutoConfig.from_pretrained(path), "fp32")
-    os.environ.update(decision.env_vars)
-    from vllm import LLM, SamplingParams
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    from deepscaler.rollout import EngineConfig, RolloutEngine, SamplingSettings
     try:
         AttentionBackendEnum["XFORMERS"]
         xformers = "known"
     except ValueError as exc:
         xformers = str(exc)
-    llm = LLM(model=path, dtype="float32", max_model_len=128, gpu_memory_utilization=0.1, enforce_eager=True,
-              seed=0, **decision.engine_kwargs)
-    out = llm.generate([{"prompt_token_ids": [1, 4, 50, 60]}], SamplingParams(max_tokens=4, temperature=0))
-    print(json.dumps({"kwargs": decision.engine_kwargs, "tokens": list(out[0].outputs[0].token_ids),
+    # RolloutEngine applies the same decision (env vars, engine kwargs) and sizes the CPU KV cache
+    engine = RolloutEngine(EngineConfig(model=path, dtype="float32", precision="fp32", max_model_len=128))
+    out = engine.generate([[1, 4, 50, 60]], SamplingSettings(max_tokens=4, temperature=0, logprobs=False))
+    backend = engine.llm.llm_engine.vllm_config.attention_config.backend
+    print(json.dumps({"kwargs": decision.engine_kwargs, "engine_kwargs": engine.decision.engine_kwargs,
+                      "backend": getattr(backend, "name", str(backend)), "tokens": out[0][0].token_ids,
                       "xformers": xformers}))
 
 if __name__ == "__main__":
@@ -345,6 +346,7 @@ def test_installed_vllm_accepts_the_decision_and_rejects_xformers(tiny_model_dir
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["kwargs"] == {"attention_backend": "CPU_ATTN"}
+    assert result["kwargs"] == result["engine_kwargs"] == {"attention_backend": "CPU_ATTN"}
+    assert result["backend"] == "CPU_ATTN"
     assert len(result["tokens"]) == 4
     assert result["xformers"].startswith("Unknown attention backend: 'XFORMERS'")

@@ -37,12 +37,21 @@ def test_bytes_per_token_from_the_config():
         kv_bytes_per_token(FAKE, "int3")
 
 
-def test_explicit_fraction_wins_and_names_its_field():
-    for device in ("cpu", "cuda"):
-        memory = resolve_engine_memory(device, "train", 0.3, None, None, 1024)
-        assert (memory.gpu_memory_utilization, memory.kv_cache_memory_bytes) == (0.3, None)
-        assert memory.reason.startswith("rollout.gpu_memory_utilization=0.3") and memory.engine_kwargs() == {}
+def test_explicit_fraction_wins_on_gpu_and_names_its_field():
+    memory = resolve_engine_memory("cuda", "train", 0.3, None, None, 1024)
+    assert (memory.gpu_memory_utilization, memory.kv_cache_memory_bytes) == (0.3, None)
+    assert memory.reason.startswith("rollout.gpu_memory_utilization=0.3") and memory.engine_kwargs() == {}
     assert "--gpu-memory-utilization=0.5" in resolve_engine_memory("cuda", "eval", 0.5, None, None, 1024).reason
+
+
+def test_a_fraction_never_sizes_a_cpu_kv_cache():
+    """On CPU vLLM would size the cache as fraction x RAM - this process's memory (negative once a trainer holds
+    more): the fraction is passed on, the KV cache is still computed from the model."""
+    memory = resolve_engine_memory("cpu", "train", 0.3, None, FAKE, 1000, 32, "float32", ram_bytes=16 * GiB)
+    assert memory.gpu_memory_utilization == 0.3
+    assert memory.kv_cache_memory_bytes == (32 * 1024 + 256) * 4096
+    assert memory.reason.startswith("rollout.gpu_memory_utilization=0.3 is passed on but does not size the KV "
+                                    "cache on CPU")
 
 
 def test_explicit_kv_bytes_win_on_every_device():

@@ -46,7 +46,7 @@ def config_for(model_dir, run_dir, *overrides: str):
         f"model.path={model_dir}", f"trainer.run_dir={run_dir}", "trainer.total_steps=3", "trainer.seed=1",
         "data.train_batch_size=4", "rollout.n=8", "algorithm.ppo_mini_batch_size=2",
         "data.max_prompt_length=128", "data.max_response_length=8", "algorithm.max_tokens_per_micro_batch=300",
-        "rollout.gpu_memory_utilization=0.1", "optim.lr=2e-2", "validation.n=2", "validation.test_freq=2",
+        "optim.lr=2e-2", "validation.n=2", "validation.test_freq=2",
         "checkpoint.save_freq=2", "logging.progress=plain", "logging.log_rollouts_every=1", *overrides])
 
 
@@ -55,7 +55,7 @@ def engine(tiny_model_dir):
     from deepscaler.rollout import EngineConfig, RolloutEngine
 
     engine = RolloutEngine(EngineConfig(model=str(tiny_model_dir), dtype="float32", max_model_len=256,
-                                        gpu_memory_utilization=0.1, seed=0, enforce_eager=True))
+                                        seed=0, enforce_eager=True))
     yield engine
     engine.close()
 
