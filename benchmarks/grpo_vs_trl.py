@@ -55,7 +55,7 @@ def run_deepscaler(args: argparse.Namespace) -> dict:
         # one micro-batch per mini-batch, as TRL's per_device_train_batch_size below
         f"data.max_response_length={args.max_tokens}",
         f"algorithm.max_tokens_per_micro_batch={args.prompts * args.n // 2 * (256 + args.max_tokens)}",
-        f"optim.lr={args.lr}", "algorithm.kl_coef=0.001", "algorithm.entropy_coeff=0", "rollout.temperature=0.6",
+        f"optim.lr={args.lr}", "algorithm.kl_coef=0.001", "algorithm.entropy_coef=0", "rollout.temperature=0.6",
         "rollout.gpu_memory_utilization=0.1", "validation.datasets=[]", "checkpoint.save_freq=0",
         "checkpoint.save_at_end=false", "checkpoint.resume=never", "logging.plots=false", "logging.progress=none",
         "precision.policy=fp32"])

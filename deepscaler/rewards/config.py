@@ -12,7 +12,7 @@ THINK_FORMATS: tuple[str, ...] = ("close", "strict", "none")
 GRADER_NAMES: tuple[str, ...] = ("default", "math_verify", "deepscaler")
 
 
-@dataclass(frozen=True)
+@dataclass
 class RewardConfig:
     """How a response is turned into a scalar reward.
 
@@ -55,6 +55,10 @@ class RewardConfig:
     pool_grace_s: float = 2.0
     """Extra seconds the pool waits beyond ``timeout_s`` before killing a stuck worker."""
 
+    num_workers: int | None = None
+    """Grading processes of the pool; None: the CPUs this process may use, at most 16; 0 grades in this process
+    (main thread only)."""
+
     grader: GraderName = "default"
     """Equivalence rule: ``"default"`` (exact/numeric fast paths, then guarded math-verify; follows the
     project conventions), ``"math_verify"`` (math-verify alone, README reward settings) or
@@ -73,5 +77,7 @@ class RewardConfig:
             )
         if not self.timeout_s > 0:
             raise ValueError(f"RewardConfig.timeout_s must be > 0 seconds, got {self.timeout_s!r}.")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"RewardConfig.num_workers must be >= 0 (or None for automatic), got {self.num_workers!r}.")
         if self.pool_grace_s < 0:
             raise ValueError(f"RewardConfig.pool_grace_s must be >= 0 seconds, got {self.pool_grace_s!r}.")

@@ -146,6 +146,7 @@ def score_responses(
         from dataclasses import replace
 
         config = replace(config, timeout_s=timeout_s)
+    num_workers = config.num_workers if num_workers is None else num_workers
     if len(responses) != len(golds):
         raise ValueError(
             f"score_responses: {len(responses)} responses but {len(golds)} golds; pass one gold per response."

@@ -349,8 +349,8 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
     algo = cfg.algorithm
     loss_config = PolicyLossConfig(
         clip_ratio_low=algo.clip_ratio_low, clip_ratio_high=algo.clip_ratio_high, loss_agg_mode=algo.loss_agg_mode,
-        kl_coef=algo.kl_coef if run.ref_model is not None else 0.0, kl_estimator=algo.kl_type,
-        entropy_coef=algo.entropy_coeff, tis_cap=algo.tis_cap)
+        kl_coef=algo.kl_coef if run.ref_model is not None else 0.0, kl_estimator=algo.kl_estimator,
+        entropy_coef=algo.entropy_coef, tis_cap=algo.tis_cap)
     use_rollout_logprobs = algo.tis_cap is not None and batch.rollout_logprobs is not None
     if algo.tis_cap is not None and batch.rollout_logprobs is None:
         raise RuntimeError("algorithm.tis_cap is set but the rollout engine returned no log-probs")

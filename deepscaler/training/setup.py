@@ -193,7 +193,7 @@ def default_reward_fn(config: TrainConfig, prompt_opens_think: bool) -> RewardFn
     from deepscaler.rewards import score_responses
 
     def reward(responses: list[str], problems: list[Any]) -> list[float]:
-        return score_responses(responses, [p.gold for p in problems], None, prompt_opens_think=prompt_opens_think,
-                               num_workers=config.trainer.reward_workers, timeout_s=config.trainer.reward_timeout_s)
+        return score_responses(responses, [p.gold for p in problems], config.reward,
+                               prompt_opens_think=prompt_opens_think)
 
     return reward

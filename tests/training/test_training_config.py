@@ -33,7 +33,7 @@ def test_every_preset_loads_validates_and_has_a_command_header():
         assert any(f"deepscaler train --config {name}" in line for line in header)
         assert config.optim.lr == 1e-6 and config.data.train_batch_size == 128
         assert config.algorithm.ppo_mini_batch_size == 64 and config.algorithm.kl_coef == 0.001
-        assert config.algorithm.kl_type == "low_var_kl" and config.algorithm.entropy_coeff == 0.001
+        assert config.algorithm.kl_estimator == "low_var_kl" and config.algorithm.entropy_coef == 0.001
         assert config.algorithm.clip_ratio_low == config.algorithm.clip_ratio_high == 0.2
         assert config.optim.grad_clip == 1.0 and config.rollout.temperature == 0.6
         assert config.algorithm.max_tokens_per_micro_batch == 32768 and config.data.max_prompt_length == 1024
@@ -88,6 +88,25 @@ def test_unknown_keys_list_close_matches():
         load_config(None, [("algorithm.bogus", 1)])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("algorithm.kl_type=k1", "'algorithm.kl_type' no longer exists: renamed to algorithm.kl_estimator"),
+    ("algorithm.entropy_coeff=0", "renamed to algorithm.entropy_coef"),
+    ("algorithm.norm_adv_by_std=false", "Dr. GRPO (no division by the group std) is algorithm.advantage=drgrpo"),
+    ("algorithm.policy_loss=ppo_clip", "the policy loss is PPO's clipped surrogate"),
+    ("trainer.reward_timeout_s=3", "moved to reward.timeout_s"),
+])
+def test_retired_keys_say_what_replaced_them(override, message):
+    with pytest.raises(ConfigError, match="no longer exists") as error:
+        load_config("deepscaler-1.5b-8k", [override])
+    assert message in str(error.value)
+
+
+def test_reward_section_reaches_the_reward_settings():
+    config = load_config("deepscaler-1.5b-8k", ["reward.think_format=strict", "reward.num_workers=2"])
+    assert config.reward.think_format == "strict" and config.reward.num_workers == 2
+    assert config.reward.timeout_s == 10.0  # the presets keep their 10 s grading limit
+
+
 def test_unknown_key_in_a_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("optim:\n  learning_rate: 1e-6\n")
@@ -103,7 +122,12 @@ def test_unknown_key_in_a_yaml_file(tmp_path):
     (["algorithm.max_tokens_per_micro_batch=4096"], "raise it to >= 9216"),
     (["algorithm.ppo_mini_batch_size=256"], "larger than data.train_batch_size=128"),
     (["rollout.temperature=0"], "rollout.temperature=0.0 must be > 0"),
-    (["algorithm.kl_type=k5"], "algorithm.kl_type='k5' is not one of"),
+    (["algorithm.kl_estimator=k5"], "unknown KL estimator 'k5' for `algorithm.kl_estimator`"),
+    (["algorithm.advantage=grop"], "unknown advantage estimator 'grop' for `algorithm.advantage` (did you mean 'grpo'"),
+    (["algorithm.loss_agg_mode=tokn-mean"], "for `algorithm.loss_agg_mode` (did you mean 'token-mean'"),
+    (["precision.policy=bf16"], "for `precision.policy` (did you mean 'bf16-mixed'"),
+    (["reward.grader=llm"], "reward.grader: 'llm' is not one of"),
+    (["reward.timeout_s=0"], "reward: RewardConfig.timeout_s must be > 0"),
     (["logging.backends=[mlflow]"], "logging.backends has 'mlflow'"),
     (["checkpoint.resume=/no/such/dir"], "checkpoint.resume='/no/such/dir'"),
     (["algorithm.overlong_buffer=9000"], "algorithm.overlong_buffer=9000 must be in [0, data.max_response_length)"),
@@ -132,7 +156,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert again == config
     assert set(yaml.safe_load((tmp_path / "config.yaml").read_text())) == {
         "model", "data", "rollout", "algorithm", "optim", "precision", "validation", "checkpoint", "logging",
-        "trainer"}
+        "trainer", "reward"}
 
 
 def test_every_field_has_a_docstring():
