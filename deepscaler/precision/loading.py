@@ -65,16 +65,17 @@ def ensure_backend_registered(backend: str) -> None:
 
 def load_causal_lm(path: str | Path, policy: PrecisionPolicy | str, request: str = "auto",
                    env: EnvironmentProbe | None = None, on_incompatible: str = "fallback",
-                   **from_pretrained_kwargs: Any) -> tuple[Any, AttentionDecision]:
+                   decision: AttentionDecision | None = None, **from_pretrained_kwargs: Any) -> tuple[Any, AttentionDecision]:
     """(model, decision): ``AutoModelForCausalLM`` from ``path`` in the policy's master dtype with the resolved
     ``attn_implementation``. The decision is logged once per process; transformers' FA fp32 warning is
-    filtered only when the resolver showed it to be a false alarm (16-bit compute over fp32 master weights)."""
+    filtered only when the resolver showed it to be a false alarm (16-bit compute over fp32 master weights).
+    ``decision``: an attention decision already made for this model (then ``request``/``env`` are not used)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     policy = get_policy(policy)
-    config = AutoConfig.from_pretrained(path)
-    decision = resolve_attention("trainer", config, policy, request=request, on_incompatible=on_incompatible,
-                                 env=env)
+    if decision is None:
+        decision = resolve_attention("trainer", AutoConfig.from_pretrained(path), policy, request=request,
+                                     on_incompatible=on_incompatible, env=env)
     ensure_backend_registered(decision.backend)
     with suppress_flash_dtype_false_alarm(decision):
         model = AutoModelForCausalLM.from_pretrained(

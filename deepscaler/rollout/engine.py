@@ -105,11 +105,13 @@ class Completion:
 class RolloutEngine:
     """vLLM ``LLM`` engine in this process, with in-place weight updates and a scoring probe."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, decision: RolloutDecision | None = None) -> None:
+        """``decision``: the rollout dtype and attention already decided for ``config`` (the trainer decides once
+        at start-up, :func:`resolve_rollout_attention`); None resolves it here."""
         self.config = config
         # In-process engine core: starts in seconds and lets us call the worker's reload_weights directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        self.decision = _resolve_rollout_attention(config)
+        self.decision = decision or resolve_rollout_attention(config)
         for name, value in self.decision.env_vars.items():
             os.environ[name] = value
         try:
@@ -267,7 +269,7 @@ def chunked_prefill_choice(requested: bool | None, device_type: str) -> tuple[bo
 
 
 @dataclass
-class _RolloutDecision:
+class RolloutDecision:
     """What the engine was started with, and why (filled from the precision resolver)."""
 
     dtype: str
@@ -283,13 +285,14 @@ class _RolloutDecision:
         return f"rollout dtype={self.dtype}, attention={self.backend or 'vLLM default'}: {self.reason}"
 
 
-def _resolve_rollout_attention(config: EngineConfig) -> _RolloutDecision:
-    """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine."""
+def resolve_rollout_attention(config: EngineConfig, env: Any = None) -> RolloutDecision:
+    """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine (``env``: an
+    EnvironmentProbe already taken, or None to probe)."""
     from transformers import AutoConfig
 
     from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
 
-    env = probe_environment()
+    env = env or probe_environment()
     policy_name = config.precision
     if policy_name == "auto":
         policy_name, _ = default_policy_name(env)
@@ -299,7 +302,7 @@ def _resolve_rollout_attention(config: EngineConfig) -> _RolloutDecision:
     model_config = AutoConfig.from_pretrained(config.model)
     decision = resolve_attention("rollout", model_config, policy, request=config.attention_backend,
                                  on_incompatible=config.on_incompatible, env=env)
-    return _RolloutDecision(
+    return RolloutDecision(
         dtype=policy.rollout_dtype,
         backend=decision.backend,
         reason=decision.reason,

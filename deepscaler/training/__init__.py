@@ -1,6 +1,7 @@
 """GRPO training: config (``load_config``), the loop (``train``, ``grpo_step``), checkpoints, metrics, plots.
 
-Attributes are imported lazily so ``import deepscaler.training.config`` stays light (no torch/vLLM)."""
+Attributes are imported lazily so that ``import deepscaler.training`` itself loads nothing (no transformers or
+vLLM until the loop is asked for)."""
 
 from __future__ import annotations
 

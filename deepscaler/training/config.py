@@ -29,6 +29,9 @@ from deepscaler.rewards.config import RewardConfig
 from deepscaler.training.config_rules import config_problems
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RUN_WIDE_KEYS = ("precision.", "model.attention", "rollout.attention", "rollout.gpu_memory_utilization",
+                 "rollout.kv_cache_memory_bytes", "algorithm.sequence_layout", "reward.")
+"""Keys a stage may not override: the run decides them once at start-up (deepscaler.training.decisions)."""
 
 
 @dataclass
@@ -336,6 +339,9 @@ def validate(config: TrainConfig) -> TrainConfig:
             problems.append(f"{where}.overrides: {exc}")
             continue
         problems += [f"{where} ({stage.name or index}): {p}" for p in config_problems(staged)]
+        problems += [f"{where}.overrides sets {key}, which is decided once for the whole run (device, precision, "
+                     "attention, engine memory, micro-batch layout, reward); set it outside trainer.stages"
+                     for key in stage.overrides if key.startswith(RUN_WIDE_KEYS)]
         previous = config.trainer.stages[index - 1].until_step if index else 0
         if stage.until_step is not None and previous is not None and stage.until_step <= previous:
             problems.append(f"{where}.until_step={stage.until_step} must be larger than the previous stage's "

@@ -319,7 +319,7 @@ def run_demo(overrides: Sequence[str] = ()) -> dict[str, Any]:
     with times("vLLM engine start"):
         from deepscaler.data import encode_prompts
         from deepscaler.rollout import EngineConfig, RolloutEngine
-        from deepscaler.training.setup import engine_max_model_len, engine_memory
+        from deepscaler.training.decisions import engine_max_model_len, engine_memory
 
         max_model_len = max(engine_max_model_len(config), config.data.max_prompt_length + settings.eval_max_tokens)
         # The trainer's rule (on CPU an explicit KV-cache size: vLLM's RAM fraction minus this process can go

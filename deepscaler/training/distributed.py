@@ -123,6 +123,7 @@ def all_sum(info: DistInfo, values: Sequence[float]) -> list[float]:
 
 
 def all_max(info: DistInfo, value: int) -> int:
+    """The largest ``value`` of any rank."""
     if not info.enabled:
         return value
     tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device(info))
@@ -137,6 +138,39 @@ def all_gather(info: DistInfo, value: Any) -> list[Any]:
     gathered: list[Any] = [None] * info.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def reduce_over_ranks(info: DistInfo, metrics: dict[str, float],
+                      count_key: str = "rollout/num_tokens") -> dict[str, float]:
+    """This rank's per-token statistics made global (see :func:`combine_rank_metrics`)."""
+    if not info.enabled:
+        return metrics
+    return combine_rank_metrics(all_gather(info, metrics), count_key)
+
+
+def combine_rank_metrics(per_rank: list[dict[str, float]], count_key: str = "rollout/num_tokens") -> dict[str, float]:
+    """Statistics of several ranks as one: ``count_key`` summed, ``*max*`` keys the maximum, the others the mean
+    weighted by each rank's ``count_key`` (the mean over all ranks' tokens together). Empty dicts (ranks with
+    no samples) are ignored."""
+    every = [m for m in per_rank if m]
+    out: dict[str, float] = {}
+    for key in sorted({k for m in every for k in m}):
+        values = [(m[key], m.get(count_key, 1.0)) for m in every if key in m]
+        if key == count_key:
+            out[key] = sum(v for v, _ in values)
+        elif "max" in key:
+            out[key] = max(v for v, _ in values)
+        else:
+            out[key] = sum(v * w for v, w in values) / (sum(w for _, w in values) or 1.0)
+    return out
+
+
+def sum_over_ranks(info: DistInfo, metrics: dict[str, float]) -> dict[str, float]:
+    """Each key summed over ranks (for shares of a mini-batch-global mean that each rank holds a part of)."""
+    if not info.enabled:
+        return metrics
+    every = all_gather(info, metrics)
+    return {k: sum(rank.get(k, 0.0) for rank in every) for k in sorted({k for r in every for k in r})}
 
 
 def barrier(info: DistInfo) -> None:

@@ -8,11 +8,12 @@ Metric names are namespaced the way verl/DeepScaleR users read them: ``reward/me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,24 @@ LIVE_METRICS = [
 
 # ----------------------------------------------------------------------------------------------------------
 # Pure metric helpers
+
+
+class Timer:
+    """``with timer("rollout"): ...`` accumulates seconds into ``timer.seconds["rollout"]``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def metrics(self) -> dict[str, float]:
+        return {f"timing_s/{name}": value for name, value in self.seconds.items()}
 
 
 def summarize(values: Sequence[float], name: str, stats: Sequence[str] = ("mean", "max", "min")) -> dict[str, float]:

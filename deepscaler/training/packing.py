@@ -1,7 +1,7 @@
-"""Token-budget micro-batching, sequence packing and per-token log-probs of response tokens.
+"""Model input of a micro-batch (packed or padded) and per-token log-probs of response tokens.
 
-* :func:`plan_micro_batches` splits a mini-batch into micro-batches whose token sums stay within a budget
-  and are balanced (greedy longest-processing-time), keeping the indices so the order can be restored.
+Micro-batch planning (which sequences go together, and in which layout) is :mod:`deepscaler.training.micro_batches`.
+
 * :func:`pack_sequences` concatenates the prompt+response tokens of a micro-batch into one row (no padding,
   position ids restart at 0 per sequence); :func:`pad_sequences` is the right-padded alternative.
 * :func:`token_logprobs` runs a Hugging Face causal LM on either layout and returns the log-prob (and
@@ -18,10 +18,9 @@ the block-diagonal mask ourselves (:func:`resolve_packed_attention`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -29,71 +28,10 @@ from torch.utils.checkpoint import checkpoint
 from deepscaler.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, temperature_scale
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 PackedAttention = Literal["position_ids", "explicit_mask"]
 
 
-# -------------------------------------------------------------------------------------------- micro-batching
-def plan_micro_batches(lengths: Sequence[int], max_tokens: int, min_num_micro_batches: int = 1) -> list[list[int]]:
-    """Partition sequences into the fewest micro-batches whose token sums are <= ``max_tokens``, balanced.
-
-    The count starts at ``max(ceil(Σ lengths / max_tokens), min_num_micro_batches)`` and grows until a greedy
-    LPT partition (longest first, into the least-loaded micro-batch) fits the budget. Pass the maximum count
-    over data-parallel ranks as ``min_num_micro_batches`` to keep ranks in lock-step (a rank may then get
-    empty micro-batches if it has fewer sequences than that).
-
-    Args:
-        lengths: ``[N]`` token count of each sequence (prompt + response for the packed layout).
-        max_tokens: token budget per micro-batch (config field ``max_tokens_per_micro_batch``).
-        min_num_micro_batches: lower bound on the number of micro-batches.
-    Returns:
-        Lists of indices into ``lengths`` (each ascending; micro-batches ordered by first index). Every index
-        appears exactly once; :func:`restore_order` undoes the permutation.
-    """
-    if max_tokens <= 0:
-        raise ValueError(f"`max_tokens_per_micro_batch` must be > 0 (got {max_tokens})")
-    for index, length in enumerate(lengths):
-        if length > max_tokens:
-            raise ValueError(f"sequence {index} has {length} tokens, more than max_tokens_per_micro_batch="
-                             f"{max_tokens}; raise `max_tokens_per_micro_batch` to at least the longest "
-                             "prompt+response length (max_prompt_length + max_response_length)")
-    if not lengths:
-        return []
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    count = max(math.ceil(sum(lengths) / max_tokens), min_num_micro_batches, 1)
-    while True:
-        bins: list[list[int]] = [[] for _ in range(count)]
-        loads = [0] * count
-        for index in order:
-            target = min(range(count), key=lambda b: (loads[b], b))
-            bins[target].append(index)
-            loads[target] += lengths[index]
-        if max(loads) <= max_tokens:
-            break
-        count += 1
-    bins = [sorted(b) for b in bins]
-    return sorted(bins, key=lambda b: (len(b) == 0, b[0] if b else 0))
-
-
-def restore_order(per_micro_batch: Sequence[Sequence[T]], plan: Sequence[Sequence[int]]) -> list[T]:
-    """Put per-sequence results of the micro-batches back in the original order.
-
-    Args:
-        per_micro_batch: for each micro-batch, one item per sequence in the order of ``plan[k]``.
-        plan: the output of :func:`plan_micro_batches`.
-    Returns:
-        ``[N]`` items, item ``i`` being the result for sequence ``i``.
-    """
-    total = sum(len(indices) for indices in plan)
-    restored: list[T | None] = [None] * total
-    for items, indices in zip(per_micro_batch, plan, strict=True):
-        if len(items) != len(indices):
-            raise ValueError(f"micro-batch has {len(items)} results for {len(indices)} planned sequences")
-        for item, index in zip(items, indices, strict=True):
-            restored[index] = item
-    return restored  # type: ignore[return-value]
-
-
+# ------------------------------------------------------------------------------------------ response tensors
 def pad_responses(values: Sequence[torch.Tensor | Sequence[float]], pad_value: float = 0.0,
                   dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Stack per-sequence response values (advantages per token, old/ref/rollout log-probs) into ``[B, R]``,
@@ -269,17 +207,24 @@ def pad_sequences(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Se
 
 # ------------------------------------------------------------------------------------ packed attention choice
 _LOGGED_DECISIONS: set[tuple[str, str]] = set()
-_VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+"""Attention implementations that attend within each packed sequence (varlen, from restarting position ids)."""
 
 
 def resolve_packed_attention(model: torch.nn.Module, request: str = "auto") -> tuple[PackedAttention, str]:
-    """How packed sequences are kept from attending to each other: ``(choice, reason)``.
+    """How packed sequences are kept from attending to each other in ``model``: ``(choice, reason)`` (see
+    :func:`packed_attention_for`)."""
+    return packed_attention_for(str(getattr(model.config, "_attn_implementation", None) or "eager"), request)
+
+
+def packed_attention_for(implementation: str, request: str = "auto") -> tuple[PackedAttention, str]:
+    """How packed sequences are kept from attending to each other under attention ``implementation``:
+    ``(choice, reason)``.
 
     ``position_ids``: rely on transformers detecting restarting position ids (mask-free, also what
     FlashAttention varlen needs). ``explicit_mask``: pass our own 4-D block-diagonal causal mask
     (sdpa/eager only). ``request`` overrides ``auto``. The decision is logged once per (implementation, choice).
     """
-    implementation = str(getattr(model.config, "_attn_implementation", None) or "eager")
     if request not in ("auto", "position_ids", "explicit_mask"):
         raise ValueError(f"unknown `packed_attention` {request!r}; valid: 'auto', 'position_ids', 'explicit_mask'")
     if request != "auto":
@@ -287,7 +232,7 @@ def resolve_packed_attention(model: torch.nn.Module, request: str = "auto") -> t
         if request == "explicit_mask" and implementation not in ("sdpa", "eager"):
             raise ValueError(f"packed_attention='explicit_mask' needs attn_implementation sdpa or eager, the model "
                              f"uses {implementation!r}; use packed_attention='position_ids' (or 'auto')")
-    elif implementation in _VARLEN_IMPLEMENTATIONS:
+    elif implementation in VARLEN_ATTENTION:
         choice, reason = "position_ids", f"{implementation} derives cu_seqlens from restarting position ids"
     elif _transformers_detects_packing():
         choice, reason = "position_ids", (f"transformers' masking_utils.find_packed_sequence_indices builds a "

@@ -1,180 +1,184 @@
-"""Building what a run needs: the precision/attention decisions (in one place), models, rollout engine, data and
-the reward function. ``loop.py`` calls these; each prints its decision once with the reason."""
+"""Setting up a run, separate from the loop that runs it: distributed group, run directory and resume point, the
+run's decisions (printed once), tokenizer, data, reward function, policy model, rollout engine, metrics writers.
+:func:`setup_session` returns a :class:`Session` holding them; ``loop.train`` then only loops."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
-from deepscaler.training.config import TrainConfig, stage_config
-
-RewardFn = Callable[[list[str], list[Any]], list[float]]
-"""``reward_fn(responses, problems) -> rewards``: one float per response; ``problems[i]`` is the Problem the
-i-th response answers (its ``gold`` holds the answer(s))."""
+from deepscaler.data import detect_think_prefill, encode_prompts, load_problems
+from deepscaler.precision import load_causal_lm, to_torch_dtype
+from deepscaler.rewards import score_responses
+from deepscaler.rollout import RolloutEngine
+from deepscaler.training import checkpoint as ckpt
+from deepscaler.training.config import ConfigError, TrainConfig, dump_yaml, stage_config, to_dict
+from deepscaler.training.config import validate as validate_config
+from deepscaler.training.decisions import RunDecisions, check_model_path, decide, engine_config
+from deepscaler.training.distributed import DistInfo, init_distributed, shard_model, shutdown
+from deepscaler.training.metrics import MetricsLogger, Progress
+from deepscaler.training.rank_log import configure_rank_logging, logger
+from deepscaler.training.run import PromptSet, RewardFn
+from deepscaler.training.stream import derive_seed
 
 
 @dataclass
-class PrecisionSetup:
-    """Every numeric/attention decision of a run, each with its reason."""
+class Session:
+    """What every stage of one ``train`` call shares (built once by :func:`setup_session`)."""
 
-    policy: Any
-    """deepscaler.precision.PrecisionPolicy in force."""
-    policy_reason: str
-    device: torch.device
-    device_reason: str
-    sync_tolerance: float
-    sync_tolerance_reason: str
-    engine_memory: Any = None
-    """deepscaler.rollout.EngineMemory of the rollout engine: memory fraction, explicit KV-cache size, reason."""
-    trainer_attention: Any = None
-    """AttentionDecision of the trainer model (filled when the model is loaded)."""
-    notes: list[str] = field(default_factory=list)
+    config: TrainConfig
+    dist: DistInfo
+    decisions: RunDecisions
+    state: ckpt.TrainerState
+    """The saved part: step, stage, data position (updated in place by the loop)."""
+    resume: Path | None
+    """The checkpoint this call resumed from."""
+    tokenizer: Any
+    model: torch.nn.Module
+    engine: Any
+    reward_fn: RewardFn
+    raw_train: list[Any]
+    raw_val: dict[str, list[Any]]
+    train_set: PromptSet
+    """``raw_train`` encoded at the run's ``data.max_prompt_length``."""
+    total_steps: int
+    metrics_log: MetricsLogger
+    progress: Progress
+    own_engine: bool
+    joined_group: bool
+    """Whether this call started the process group (and so ends it)."""
 
-    def lines(self) -> list[str]:
-        p = self.policy
-        out = [
-            f"device: {self.device} ({self.device_reason})",
-            f"precision: {p.name} ({self.policy_reason}): master {p.param_dtype}, compute {p.compute_dtype}, "
-            f"rollout {p.rollout_dtype}, logits {p.logits_dtype}" + (", loss scaling" if p.loss_scaling else ""),
-            f"weight-sync check tolerance: {self.sync_tolerance:g} nats/token ({self.sync_tolerance_reason})",
-        ]
-        if self.engine_memory is not None:
-            out.append(f"vLLM memory: {self.engine_memory.describe()}")
-        if self.trainer_attention is not None:
-            a = self.trainer_attention
-            out.append(f"trainer attention: {getattr(a, 'backend', a)} ({getattr(a, 'reason', '')})")
-        return out + self.notes
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.trainer.run_dir)
 
-
-def resolve_precision(config: TrainConfig) -> PrecisionSetup:
-    """The one place where device, precision policy and sync tolerance are decided (the precision package
-    owns the rules; this function only asks it and records the answers)."""
-    from deepscaler.precision import default_policy_name, get_policy, probe_environment
-
-    request = config.precision.device
-    if request == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device_reason = "auto: CUDA available" if device.type == "cuda" else "auto: no CUDA device"
-    else:
-        device = torch.device(request)
-        device_reason = "precision.device"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"precision.device={request} but torch sees no CUDA device; use precision.device=cpu "
-                               "or auto")
-    if config.precision.policy == "auto":
-        name, reason = default_policy_name(probe_environment())
-        if device.type == "cpu" and name != "fp32":  # a GPU machine asked to train on CPU
-            name, reason = "fp32", "training on CPU: no fast 16-bit kernels, float32 is exact"
-    else:
-        name, reason = config.precision.policy, "precision.policy"
-    policy = get_policy(name)
-    if config.rollout.sync_tolerance is not None:
-        tolerance, tolerance_reason = config.rollout.sync_tolerance, "rollout.sync_tolerance"
-    elif policy.rollout_dtype == "float32" and policy.compute_dtype == "float32":
-        tolerance, tolerance_reason = 1e-2, "float32 trainer and rollout agree to ~1e-5; 1e-2 leaves margin"
-    else:
-        tolerance, tolerance_reason = 0.15, (f"{policy.rollout_dtype} rollout vs {policy.compute_dtype} trainer "
-                                             "differ by ~1e-2 per token from rounding alone")
-    _check_model_path(config.model.path)  # the CPU KV-cache size reads the model's config
-    memory = engine_memory(config, policy.rollout_dtype, config.model.path, engine_max_model_len(config))
-    return PrecisionSetup(policy, reason, device, device_reason, tolerance, tolerance_reason, memory)
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics_log.close()
+        if self.own_engine:
+            self.engine.close()
+        if self.joined_group:
+            shutdown(self.dist)
 
 
-def engine_max_model_len(config: TrainConfig) -> int:
-    """The rollout engine's context: the longest prompt + response (training or validation) over all stages."""
-    configs = [stage_config(config, s) for s in config.trainer.stages] or [config]
-    return max(c.data.max_prompt_length + max(c.data.max_response_length, c.validation.max_response_length or 0)
-               for c in configs)
+def setup_session(config: TrainConfig, train_problems: Sequence[Any] | None = None,
+                  val_problems: dict[str, Sequence[Any]] | None = None, reward_fn: RewardFn | None = None,
+                  engine: Any = None) -> Session:
+    """Everything a run needs before its first stage, in the order that keeps a resumed run bit-identical."""
+    validate_config(config)
+    group_existed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    dist, dist_reason = init_distributed(config.precision.device)
+    configure_rank_logging(dist.is_main)
+    check_data_parallel([config, *[stage_config(config, s) for s in config.trainer.stages]], dist)
+    run_dir = Path(config.trainer.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        dump_yaml(config, run_dir / "config.yaml")
+    resume = find_resume_checkpoint(config)
+    state = ckpt.load_trainer_state(resume) if resume else ckpt.TrainerState(
+        data=ckpt.DataPosition(seed=derive_seed(config.trainer.seed, "data", 0)))
+
+    decisions = decide(config, engine)
+    decisions.policy.apply_matmul_flags()
+    torch.manual_seed(config.trainer.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
+    opens_think, think_reason = detect_think_prefill(tokenizer)
+    reward_fn = reward_fn or default_reward_fn(config, opens_think)
+    raw_train = list(train_problems) if train_problems is not None else load_train_problems(config)
+    if config.data.limit and train_problems is not None:
+        raw_train = raw_train[: config.data.limit]
+    raw_val = ({k: list(v) for k, v in val_problems.items()} if val_problems is not None
+               else load_val_problems(config))
+    model = load_policy_model(str(resume) if resume else config.model.path, decisions)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = shard_model(model, dist)  # FSDP2 over the torchrun ranks; unchanged for one process
+    if resume:
+        ckpt.load_rng_state(resume, rank=dist.rank)
+        logger.info(f"resuming from {resume} (step {state.step}, stage {state.stage}, data epoch {state.data.epoch} "
+                    f"index {state.data.index}, shuffle seed {state.data.seed}; optimizer, LR schedule and RNG "
+                    "restored)")
+
+    train_set = encode(raw_train, tokenizer, config.data.max_prompt_length, "train")
+    total_steps = config.trainer.total_steps or config.trainer.total_epochs * (
+        len(train_set.problems) // config.data.train_batch_size)
+    if total_steps <= 0:
+        raise ConfigError(f"no training steps: {len(train_set.problems)} usable training prompts is fewer than "
+                          f"data.train_batch_size={config.data.train_batch_size}; lower the batch size, add data, or "
+                          "set trainer.total_steps")
+    for line in [f"data parallel: {dist_reason}", *decisions.lines(), f"think prefill: {opens_think} ({think_reason})"]:
+        logger.info(line)
+    own_engine = engine is None
+    if own_engine:
+        engine = build_engine(config, decisions)
+    # one rank writes the metrics file and trackers and shows progress (the metrics are already global)
+    metrics_log = MetricsLogger(run_dir, config.logging.backends, config.logging.project, config.trainer.experiment,
+                                to_dict(config), resume_step=state.step if resume else None, enabled=dist.is_main)
+    progress = Progress(total_steps, initial=state.step, mode=config.logging.progress if dist.is_main else "none")
+    return Session(config, dist, decisions, state, resume, tokenizer, model, engine, reward_fn, raw_train, raw_val,
+                   train_set, total_steps, metrics_log, progress, own_engine, dist.enabled and not group_existed)
 
 
-def engine_memory(config: TrainConfig, rollout_dtype: str, model_path: str, max_model_len: int) -> Any:
-    """The rollout engine's memory settings (deepscaler.rollout.memory decides; rollout.gpu_memory_utilization
-    and rollout.kv_cache_memory_bytes override)."""
-    from deepscaler.rollout import engine_device_type, resolve_engine_memory
+def find_resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint to resume from under ``checkpoint.resume`` (auto / never / a folder)."""
+    mode, run_dir = config.checkpoint.resume, Path(config.trainer.run_dir)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if mode == "auto":
+        return latest
+    if mode == "never":
+        if latest is not None:
+            raise ConfigError(f"checkpoint.resume=never but {run_dir} already holds checkpoints (newest {latest.name}); "
+                              "use checkpoint.resume=auto to continue, or a new trainer.run_dir")
+        return None
+    return Path(mode)
 
-    return resolve_engine_memory(engine_device_type(), "train", config.rollout.gpu_memory_utilization,
-                                 config.rollout.kv_cache_memory_bytes, model_path, max_model_len,
-                                 rollout_dtype=rollout_dtype)
+
+def check_data_parallel(configs: Sequence[TrainConfig], dist: DistInfo) -> None:
+    """Batch sizes (of the run's config and of each stage's) must split evenly over the data-parallel ranks."""
+    if not dist.enabled:
+        return
+    for stage in configs:
+        for field_name, value in (("data.train_batch_size", stage.data.train_batch_size),
+                                  ("algorithm.ppo_mini_batch_size", stage.algorithm.ppo_mini_batch_size)):
+            if value % dist.world_size:
+                raise ConfigError(f"{field_name}={value} does not split over {dist.world_size} data-parallel ranks; "
+                                  f"use a multiple of {dist.world_size} (or change --nproc_per_node)")
 
 
-def load_policy_model(path: str, setup: PrecisionSetup, attention: str, trainable: bool = True) -> torch.nn.Module:
-    """Load a causal LM through deepscaler.precision.load_causal_lm (which picks the attention implementation
-    and dtype for the policy), move it to the device; a frozen copy (``trainable=False``) is kept in the compute
-    dtype, as DeepScaleR kept its reference model in bf16."""
-    from deepscaler.precision import load_causal_lm, probe_environment, to_torch_dtype
-
-    _check_model_path(path)
-    model, decision = load_causal_lm(path, setup.policy, request=attention, env=probe_environment())
+def load_policy_model(path: str, decisions: RunDecisions, trainable: bool = True) -> torch.nn.Module:
+    """Load a causal LM with the run's trainer attention (deepscaler.precision.load_causal_lm) and move it to the
+    device; a frozen copy (``trainable=False``) is kept in the compute dtype, as DeepScaleR kept its reference
+    model in bf16."""
+    check_model_path(path)
+    model, _ = load_causal_lm(path, decisions.policy, decision=decisions.trainer_attention)
     if trainable:
-        setup.trainer_attention = decision
-        model.to(device=setup.device, dtype=to_torch_dtype(setup.policy.param_dtype))
+        model.to(device=decisions.device, dtype=to_torch_dtype(decisions.policy.param_dtype))
         model.train()
     else:
-        model.to(device=setup.device, dtype=to_torch_dtype(setup.policy.compute_dtype))
+        model.to(device=decisions.device, dtype=to_torch_dtype(decisions.policy.compute_dtype))
         model.eval()
         model.requires_grad_(False)
     return model
 
 
-def _check_model_path(path: str) -> None:
-    looks_local = path.startswith((".", "/", "~")) or path.startswith("runs/") or path.count("/") > 1
-    if looks_local and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"model.path={path} does not exist. If it is an earlier stage's checkpoint, run that "
-                                "stage first (or use the chained recipe deepscaler-1.5b); otherwise pass "
-                                "model.path=<hub id or folder>")
-
-
-def build_engine(config: TrainConfig, setup: PrecisionSetup) -> Any:
-    """The vLLM rollout engine for ``model.path``, in the rollout dtype of the precision policy, with the memory
-    settings ``resolve_precision`` decided (and printed) for the same model and context."""
-    from deepscaler.rollout import EngineConfig, RolloutEngine
-
-    memory = setup.engine_memory
-    extra: dict[str, Any] = dict(memory.engine_kwargs())
-    if config.rollout.max_num_batched_tokens:
-        extra["max_num_batched_tokens"] = config.rollout.max_num_batched_tokens
-    return RolloutEngine(EngineConfig(
-        model=config.model.path,
-        tokenizer=config.model.tokenizer,
-        dtype=setup.policy.rollout_dtype,
-        precision=setup.policy.name,
-        attention_backend=config.rollout.attention,
-        max_model_len=engine_max_model_len(config),
-        gpu_memory_utilization=memory.gpu_memory_utilization,
-        seed=config.trainer.seed,
-        enforce_eager=config.rollout.enforce_eager,
-        extra_engine_kwargs=extra,
-    ))
-
-
-def load_tokenizer(config: TrainConfig) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
-
-
-@dataclass
-class PromptSet:
-    """Problems with their tokenised prompts (prompts over the length limit already dropped)."""
-
-    problems: list[Any]
-    prompt_ids: list[list[int]]
+def build_engine(config: TrainConfig, decisions: RunDecisions) -> RolloutEngine:
+    """The vLLM rollout engine for ``model.path``, started with the run's rollout decision and engine memory."""
+    return RolloutEngine(engine_config(config, decisions.policy, decisions.engine_memory),
+                         decision=decisions.rollout_attention)
 
 
 def encode(problems: Sequence[Any], tokenizer: Any, max_prompt_length: int, label: str) -> PromptSet:
-    from deepscaler.data import encode_prompts
-
+    """Templated, tokenised prompts (those over ``max_prompt_length`` dropped, as DeepScaleR did)."""
     encoded = encode_prompts(list(problems), tokenizer, max_prompt_length, label=label)
     return PromptSet(list(encoded.problems), [list(ids) for ids in encoded.prompt_token_ids])
 
 
 def load_train_problems(config: TrainConfig) -> list[Any]:
-    from deepscaler.data import load_problems
-
     problems: list[Any] = []
     for spec in config.data.train:
         problems += load_problems(spec, data_dir=config.data.data_dir, split="train")
@@ -182,15 +186,13 @@ def load_train_problems(config: TrainConfig) -> list[Any]:
 
 
 def load_val_problems(config: TrainConfig) -> dict[str, list[Any]]:
-    from deepscaler.data import load_problems
-
     return {spec: load_problems(spec, data_dir=config.data.data_dir, split="test", limit=config.validation.limit)
             for spec in config.validation.datasets}
 
 
 def default_reward_fn(config: TrainConfig, prompt_opens_think: bool) -> RewardFn:
-    """DeepScaleR's binary math reward, scored in a process pool with a per-response time limit."""
-    from deepscaler.rewards import score_responses
+    """DeepScaleR's binary math reward with the ``reward:`` settings, scored in a process pool with a time limit
+    per response."""
 
     def reward(responses: list[str], problems: list[Any]) -> list[float]:
         return score_responses(responses, [p.gold for p in problems], config.reward,

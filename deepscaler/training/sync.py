@@ -1,5 +1,6 @@
-"""Weight-sync verification: after pushing the trainer's weights into the rollout engine, score a fixed probe
-sequence in both and fail loudly if the engine disagrees with the trainer or did not change when the trainer did.
+"""Phase 9 of a GRPO step, weight sync: push the trainer's weights into the rollout engine (in place), then score a
+fixed probe sequence in both and fail loudly if the engine disagrees with the trainer or did not change when the
+trainer did.
 
 Silent stale-weight bugs (the engine keeps sampling from old weights) cost other frameworks weeks (TRL #5312,
 verl #7495); this check runs after every sync.
@@ -9,6 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
+
+from deepscaler.training.distributed import all_gather, full_tensors
+from deepscaler.training.packing import pack_sequences, token_logprobs
+from deepscaler.training.run import Run
 
 
 class WeightSyncError(RuntimeError):
@@ -79,3 +86,41 @@ def build_probe(prompt_ids: Sequence[int], filler_ids: Sequence[int], length: in
     length (scoring starts after it). Filler tokens are ordinary text so both engines score them normally."""
     filler = [filler_ids[i % len(filler_ids)] for i in range(length)] if filler_ids else []
     return list(prompt_ids) + filler, len(prompt_ids)
+
+
+def trainer_probe_logprobs(run: Run) -> list[float]:
+    """The trainer's log-probs of the probe's response tokens (temperature 1)."""
+    sequence, prompt_length = run.probe
+    single = pack_sequences([sequence[:prompt_length]], [sequence[prompt_length:]], device=run.decisions.device)
+    with torch.no_grad(), run.decisions.policy.autocast(run.decisions.device.type):
+        logprobs, _ = token_logprobs(run.model, single, 1.0)
+    return logprobs[0].float().cpu().tolist()
+
+
+def engine_probe_logprobs(run: Run) -> list[float]:
+    """The rollout engine's log-probs of the same tokens."""
+    sequence, prompt_length = run.probe
+    return [float(x) for x in run.engine.score([sequence], [prompt_length])[0]]
+
+
+def sync_weights(run: Run, initial: bool = False) -> dict[str, float]:
+    """Copy the trainer's weights into the engine (HF names, in place; sharded parameters gathered) and verify on
+    the probe. With data parallelism every rank checks its own engine, and a failure on any rank stops them all."""
+    run.engine.update_weights(full_tensors(run.model))
+    if not run.config.rollout.verify_sync:
+        return {}
+    trainer_now, engine_now = trainer_probe_logprobs(run), engine_probe_logprobs(run)
+    history = run.sync_history
+    result = check_sync(engine_now, trainer_now, tolerance=run.decisions.sync_tolerance,
+                        engine_before=None if initial else history.get("engine"),
+                        trainer_before=None if initial else history.get("trainer"),
+                        noise_floor=history.get("noise_floor", 0.0))
+    failures = all_gather(run.dist, None if result.ok else result.message)
+    if any(failures):
+        raise WeightSyncError("; ".join(f"rank {r}: {m}" if run.dist.enabled else m
+                                        for r, m in enumerate(failures) if m))
+    if initial:
+        history["noise_floor"] = result.diff
+    history.update(engine=engine_now, trainer=trainer_now)
+    return {"sync/probe_diff": result.diff, "sync/trainer_change": result.trainer_change,
+            "sync/engine_change": result.engine_change}

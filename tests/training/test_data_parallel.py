@@ -75,7 +75,7 @@ def test_each_rank_keeps_only_its_own_gpu():
 
 
 def test_rank_metrics_combine_as_one_batch():
-    from deepscaler.training.phases import combine_rank_metrics
+    from deepscaler.training.distributed import combine_rank_metrics
 
     ranks = [{"rollout/num_tokens": 30.0, "rollout/logprob_diff": 0.1, "rollout/logprob_diff_max": 0.5},
              {"rollout/num_tokens": 10.0, "rollout/logprob_diff": 0.5, "rollout/logprob_diff_max": 0.9}, {}]
@@ -87,7 +87,7 @@ def test_rank_metrics_combine_as_one_batch():
 
 def test_mini_batches_of_whole_groups_keep_their_count():
     """Every rank makes the same number of optimizer steps: with fewer groups than mini-batches some are empty."""
-    from deepscaler.training.phases import split_groups
+    from deepscaler.training.update import split_groups
 
     assert split_groups([7, 7, 8, 8, 9, 9, 10, 10], 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert split_groups([7, 7, 8, 8], 4) == [[], [0, 1], [2, 3], []]

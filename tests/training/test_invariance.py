@@ -16,11 +16,11 @@ from deepscaler.algorithms import (
     compute_policy_loss,
     sum_metrics,
 )
+from deepscaler.training.micro_batches import plan_micro_batches
 from deepscaler.training.packing import (
     pack_sequences,
     pad_responses,
     pad_sequences,
-    plan_micro_batches,
     token_logprobs,
 )
 

@@ -2,14 +2,13 @@ import pytest
 import torch
 
 from deepscaler.models.tiny import build_tiny_model, build_tiny_tokenizer
+from deepscaler.training.micro_batches import plan_micro_batches, restore_order
 from deepscaler.training.packing import (
     block_diagonal_causal_mask,
     pack_sequences,
     pad_responses,
     pad_sequences,
-    plan_micro_batches,
     resolve_packed_attention,
-    restore_order,
     token_logprobs,
     unpad_responses,
 )

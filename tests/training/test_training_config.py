@@ -144,6 +144,11 @@ def test_stage_problems_are_reported_with_the_stage():
     with pytest.raises(ConfigError, match=r"trainer.stages\[1\] \(16k\).*raise it to >= 17408"):
         validate(config)
     config = load_config("deepscaler-1.5b")
+    config.trainer.stages[1].overrides["algorithm.sequence_layout"] = "padded"
+    with pytest.raises(ConfigError, match=r"trainer.stages\[1\].overrides sets algorithm.sequence_layout, which is "
+                                          "decided once for the whole run"):
+        validate(config)
+    config = load_config("deepscaler-1.5b")
     config.trainer.stages[1].until_step = 500
     with pytest.raises(ConfigError, match=r"until_step=500 must be larger than the previous stage's \(1040\)"):
         validate(config)

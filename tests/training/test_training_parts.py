@@ -234,17 +234,12 @@ def test_plots_are_written_from_metrics(tmp_path):
 
 
 def test_layout_choice_and_padded_planning():
-    from types import SimpleNamespace
+    from deepscaler.training.micro_batches import plan_padded_micro_batches, resolve_layout
 
-    from deepscaler.training.phases import plan_padded_micro_batches, resolve_layout
-
-    def model(implementation):
-        return SimpleNamespace(config=SimpleNamespace(_attn_implementation=implementation))
-
-    assert resolve_layout(model("flash_attention_2"))[0] == "packed"
-    layout, reason = resolve_layout(model("sdpa"))
+    assert resolve_layout("flash_attention_2")[0] == "packed"
+    layout, reason = resolve_layout("sdpa")
     assert layout == "padded" and "no varlen" in reason
-    assert resolve_layout(model("sdpa"), "packed") == ("packed", "algorithm.sequence_layout=packed")
+    assert resolve_layout("sdpa", "packed") == ("packed", "algorithm.sequence_layout=packed")
     lengths = [10, 50, 20, 45, 30, 5]
     plan = plan_padded_micro_batches(lengths, max_tokens=100)
     assert sorted(i for batch in plan for i in batch) == list(range(6))
