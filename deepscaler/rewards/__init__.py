@@ -7,7 +7,8 @@ Public API::
     score_responses(responses, golds, config=None, *, prompt_opens_think=False, num_workers=None,
                     timeout_s=None) -> list[float]  # process pool, order kept, every item bounded
     RewardConfig(correct_reward=1.0, incorrect_reward=0.0, format_error_reward=0.0, think_format="close",
-                 allow_missing_think=True, timeout_s=5.0, pool_grace_s=2.0, grader="default")
+                 allow_missing_think=True, timeout_s=5.0, pool_grace_s=2.0, num_workers=None, grader="default")
+    graded_answer(response, config, prompt_opens_think=False) -> str | None   # the answer that is graded
     extract_boxed(text) -> str | None               # last \\boxed{…}/\\fbox{…}, nested braces matched
     split_think(response, prompt_opens_think=False, *, strict=False) -> (thinking, solution) | None
     close_pool()                                    # stop the reused grading workers
@@ -19,6 +20,7 @@ mathd-or-sympy rules, :mod:`deepscaler.rewards.deepscaler_rules`).
 Importing this package is light: math-verify and SymPy load on first symbolic comparison.
 """
 
+from deepscaler.rewards.answer import graded_answer
 from deepscaler.rewards.config import GRADER_NAMES, THINK_FORMATS, RewardConfig
 from deepscaler.rewards.equivalence import is_equivalent
 from deepscaler.rewards.extraction import extract_boxed, extract_final_answer, gold_answers, split_think
@@ -33,6 +35,7 @@ __all__ = [
     "extract_boxed",
     "extract_final_answer",
     "gold_answers",
+    "graded_answer",
     "is_equivalent",
     "math_reward",
     "score_responses",

@@ -1,15 +1,15 @@
-"""A process pool for grading in which no item can block: per-item deadlines, kill and respawn.
+"""A process pool whose ``map`` no item can block: per-item deadlines, kill and respawn. It knows nothing about
+what it runs (the reward hands it its grading function).
 
 ``concurrent.futures`` cannot cancel a running task, and one crashed worker breaks a whole
-``ProcessPoolExecutor``. Here each worker owns a pipe and grades one item at a time under its own
-signal timer; the parent records when each item started, kills a worker that overruns
-``timeout_s + pool_grace_s`` (a hang inside C code that no signal interrupts) and starts a new one. A
-worker that dies mid-item yields the incorrect reward for that item only.
+``ProcessPoolExecutor``. Here each worker owns a pipe and runs one item at a time; the parent records when each
+item started, kills a worker that overruns the deadline (a hang inside C code that no signal interrupts) and starts
+a new one. An item whose worker was killed, died, or raised gets the fallback value; the others are unaffected.
 
-Workers are started with ``forkserver`` (children fork from a clean server process that preloads the
-grading stack, so a replacement starts in milliseconds) or ``spawn``; never ``fork`` by default, because
-forking a trainer that holds torch threads can deadlock. Override with
-``DEEPSCALER_REWARD_START_METHOD=spawn|forkserver|fork`` or ``get_pool(start_method=...)``.
+Workers are started with ``forkserver`` (children fork from a clean server process that preloads the given
+modules, so a replacement starts in milliseconds) or ``spawn``; never ``fork`` by default, because forking a
+trainer that holds torch threads can deadlock. Override with ``DEEPSCALER_REWARD_START_METHOD=spawn|forkserver|fork``
+or ``get_pool(start_method=...)``.
 """
 
 from __future__ import annotations
@@ -21,23 +21,29 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from deepscaler.rewards.config import RewardConfig
-
 logger = logging.getLogger(__name__)
 
 START_METHOD_ENV = "DEEPSCALER_REWARD_START_METHOD"
-_PRELOAD = ["deepscaler.rewards.reward", "deepscaler.rewards.equivalence", "deepscaler.rewards.mathverify_backend",
-            "math_verify", "sympy"]
 _MAX_START_FAILURES = 3
 _START_TIMEOUT_S = 120.0
 
 
+def default_num_workers() -> int:
+    """Pool size when not given: the CPUs this process may use, at most 16."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count() or 1
+    return max(1, min(16, available))
+
+
 def choose_start_method(request: str | None = None, env: dict[str, str] | None = None) -> tuple[str, str]:
-    """``(start_method, reason)`` for the grading workers: the request, the env override, else forkserver."""
+    """``(start_method, reason)`` for the workers: the request, the env override, else forkserver."""
     env = os.environ if env is None else env
     available = mp.get_all_start_methods()
     for source, value in (("argument", request), (START_METHOD_ENV, env.get(START_METHOD_ENV))):
@@ -50,18 +56,15 @@ def choose_start_method(request: str | None = None, env: dict[str, str] | None =
     return "spawn", "forkserver unavailable on this platform: spawn is the safe fallback"
 
 
-def _worker_main(conn: Connection) -> None:
-    """Worker loop: grade ``(task_id, kind, payload)`` messages until ``None`` or a closed pipe."""
-    from deepscaler.rewards.equivalence import grade_answer
-    from deepscaler.rewards.mathverify_backend import warm_up
-    from deepscaler.rewards.reward import Outcome, judge_bounded, outcome_value
-    from deepscaler.rewards.timeouts import GradingTimeout, time_limit
-
-    try:
-        warm_up()
-    except Exception:  # a broken math-verify install still lets the fast paths work
-        pass
-    conn.send(("ready", None))
+def _worker_main(conn: Connection, initializer: Callable[[], None] | None) -> None:
+    """Worker loop: run ``(task_id, fn, item)`` messages until ``None`` or a closed pipe; answer
+    ``(task_id, ok, fn(item))``."""
+    if initializer is not None:
+        try:
+            initializer()
+        except Exception:  # a failed warm-up must not stop the worker: the work itself may still succeed
+            pass
+    conn.send(("ready", True, None))
     while True:
         try:
             message = conn.recv()
@@ -69,24 +72,12 @@ def _worker_main(conn: Connection) -> None:
             return
         if message is None:
             return
-        task_id, kind, payload = message
+        task_id, fn, item = message
         try:
-            if kind == "reward":
-                response, gold, config, opens = payload
-                outcome = judge_bounded(response, gold, config, opens)
-                result: Any = outcome_value(outcome, config)
-            else:
-                answer, golds, grader, timeout_s = payload
-                try:
-                    with time_limit(timeout_s):
-                        result = grade_answer(answer, golds, grader)
-                except GradingTimeout:
-                    result = False
+            reply = (task_id, True, fn(item))
         except Exception:
-            result = None  # the parent substitutes the fallback
-        if kind == "reward" and result is None:
-            result = outcome_value(Outcome.INCORRECT, payload[2])
-        conn.send((task_id, result))
+            reply = (task_id, False, None)  # the parent keeps the fallback value
+        conn.send(reply)
 
 
 @dataclass
@@ -99,27 +90,51 @@ class _Worker:
     spawned_at: float = field(default_factory=time.monotonic)
 
 
-class GradingPool:
-    """Fixed-size pool of grading workers (use :func:`get_pool`)."""
+class BoundedPool:
+    """Fixed-size pool of workers with a bounded-time ``map`` (use :func:`get_pool` for the shared one)."""
 
-    def __init__(self, num_workers: int, start_method: str | None = None):
+    def __init__(self, num_workers: int, start_method: str | None = None, preload: Sequence[str] = (),
+                 initializer: Callable[[], None] | None = None):
+        """``preload``: modules the forkserver imports once; ``initializer``: run by each worker before its first
+        item (a warm-up), outside any deadline."""
         if num_workers < 1:
-            raise ValueError(f"GradingPool: num_workers must be >= 1, got {num_workers}.")
+            raise ValueError(f"BoundedPool: num_workers must be >= 1, got {num_workers}.")
         self.start_method, reason = choose_start_method(start_method)
-        logger.info("reward pool: %d workers, start method %s (%s)", num_workers, self.start_method, reason)
+        logger.info("worker pool: %d workers, start method %s (%s)", num_workers, self.start_method, reason)
         self._ctx = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            self._ctx.set_forkserver_preload(_PRELOAD)
+        if self.start_method == "forkserver" and preload:
+            self._ctx.set_forkserver_preload(list(preload))
         self.num_workers = num_workers
+        self._initializer = initializer
         self._lock = threading.Lock()
         self._start_failures = 0
         self.killed = 0  # workers killed for overrunning their deadline (observable in tests/metrics)
         self._workers = [self._spawn() for _ in range(num_workers)]
 
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], deadline_s: float, fallback: Any) -> list[Any]:
+        """``[fn(item) for item in items]`` in the workers, order kept; an item not done within ``deadline_s`` of
+        its start, or whose worker crashed or raised, is ``fallback``. ``fn`` must be a module-level function."""
+        results: list[Any] = [fallback] * len(items)
+        pending = deque(range(len(items)))
+        with self._lock:
+            while pending or any(w.task is not None for w in self._workers):
+                for worker in self._workers:
+                    if worker.ready and worker.task is None and pending:
+                        task_id = pending.popleft()
+                        worker.task, worker.started_at = task_id, time.monotonic()
+                        try:
+                            worker.conn.send((task_id, fn, items[task_id]))
+                        except (OSError, ValueError):
+                            worker.task = None
+                            pending.appendleft(task_id)
+                            self._replace(self._workers.index(worker), kill=False)
+                self._collect(results, deadline_s)
+        return results
+
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, args=(child_conn,), daemon=True,
-                                    name="deepscaler-reward-worker")
+        process = self._ctx.Process(target=_worker_main, args=(child_conn, self._initializer), daemon=True,
+                                    name="deepscaler-pool-worker")
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)
@@ -133,30 +148,11 @@ class GradingPool:
             self._start_failures += 1
             if self._start_failures > _MAX_START_FAILURES:
                 raise RuntimeError(
-                    "reward pool: workers die before they are ready; guard your script with "
+                    "worker pool: workers die before they are ready; guard your script with "
                     "`if __name__ == '__main__':` (spawn/forkserver re-import it) or set "
                     f"{START_METHOD_ENV}=spawn."
                 )
         self._workers[index] = self._spawn()
-
-    def _run(self, tasks: list[tuple[str, tuple]], deadline_s: float, fallback: Any) -> list[Any]:
-        results: list[Any] = [fallback] * len(tasks)
-        pending = deque(range(len(tasks)))
-        with self._lock:
-            while pending or any(w.task is not None for w in self._workers):
-                for worker in self._workers:
-                    if worker.ready and worker.task is None and pending:
-                        task_id = pending.popleft()
-                        kind, payload = tasks[task_id]
-                        worker.task, worker.started_at = task_id, time.monotonic()
-                        try:
-                            worker.conn.send((task_id, kind, payload))
-                        except (OSError, ValueError):
-                            worker.task = None
-                            pending.appendleft(task_id)
-                            self._replace(self._workers.index(worker), kill=False)
-                self._collect(results, deadline_s)
-        return results
 
     def _collect(self, results: list[Any], deadline_s: float) -> None:
         now = time.monotonic()
@@ -167,7 +163,7 @@ class GradingPool:
         for index, worker in enumerate(list(self._workers)):
             if worker.conn in readable:
                 try:
-                    task_id, value = worker.conn.recv()
+                    task_id, ok, value = worker.conn.recv()
                 except (EOFError, OSError):
                     self._replace(index, kill=False)  # crashed: its item keeps the fallback value
                     continue
@@ -175,7 +171,7 @@ class GradingPool:
                     worker.ready = True
                     self._start_failures = 0
                     continue
-                if value is not None and task_id == worker.task:
+                if ok and task_id == worker.task:
                     results[task_id] = value
                 worker.task = None
         now = time.monotonic()
@@ -184,17 +180,6 @@ class GradingPool:
             never_ready = not worker.ready and now - worker.spawned_at > _START_TIMEOUT_S
             if overran or never_ready:
                 self._replace(index, kill=True)
-
-    def map_rewards(self, items: list[tuple[str, object, bool]], config: RewardConfig) -> list[float]:
-        """Rewards of ``(response, gold, prompt_opens_think)`` items, in order."""
-        tasks = [("reward", (response, gold, config, opens)) for response, gold, opens in items]
-        return self._run(tasks, config.timeout_s + config.pool_grace_s, config.incorrect_reward)
-
-    def map_equivalence(self, items: list[tuple[str, list[str], str]], timeout_s: float,
-                        grace_s: float = 2.0) -> list[bool]:
-        """``grade_answer`` of ``(answer, golds, grader)`` items, in order; False on timeout or crash."""
-        tasks = [("equiv", (answer, golds, grader, timeout_s)) for answer, golds, grader in items]
-        return self._run(tasks, timeout_s + grace_s, False)
 
     def close(self) -> None:
         for worker in self._workers:
@@ -221,15 +206,15 @@ def _stop_process(process: Any, conn: Connection, polite: bool = False) -> None:
     conn.close()
 
 
-_POOL: GradingPool | None = None
+_POOL: BoundedPool | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def get_pool(num_workers: int | None = None, start_method: str | None = None) -> GradingPool:
-    """The module-level pool, created on first use and reused; resized when ``num_workers`` changes."""
+def get_pool(num_workers: int | None = None, start_method: str | None = None, preload: Sequence[str] = (),
+             initializer: Callable[[], None] | None = None) -> BoundedPool:
+    """The module-level pool, created on first use (with ``preload`` and ``initializer``) and reused; re-created
+    when ``num_workers`` or ``start_method`` changes."""
     global _POOL
-    from deepscaler.rewards.reward import default_num_workers
-
     size = num_workers or (_POOL.num_workers if _POOL else default_num_workers())
     with _POOL_LOCK:
         wanted_method = start_method or (_POOL.start_method if _POOL else None)
@@ -237,7 +222,7 @@ def get_pool(num_workers: int | None = None, start_method: str | None = None) ->
             _POOL.close()
             _POOL = None
         if _POOL is None:
-            _POOL = GradingPool(size, start_method)
+            _POOL = BoundedPool(size, start_method, preload, initializer)
         return _POOL
 
 

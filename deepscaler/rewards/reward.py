@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import Enum
 
+from deepscaler.rewards.answer import graded_answer
 from deepscaler.rewards.config import RewardConfig
-from deepscaler.rewards.extraction import (
-    THINK_CLOSE,
-    THINK_OPEN,
-    extract_final_answer,
-    gold_answers,
-    split_think,
-)
+from deepscaler.rewards.deepscaler_rules import deepscaler_gold_list
+from deepscaler.rewards.equivalence import grade_answer, grading_pool
+from deepscaler.rewards.extraction import gold_answers
+from deepscaler.rewards.pool import BoundedPool
+from deepscaler.rewards.timeouts import GradingTimeout, can_bound_in_process, time_limit
 
 
 class Outcome(str, Enum):
@@ -33,48 +32,16 @@ def outcome_value(outcome: Outcome, config: RewardConfig) -> float:
     return config.incorrect_reward
 
 
-def graded_segment(response: str, config: RewardConfig, prompt_opens_think: bool) -> str | None:
-    """The text whose final answer is graded, or None for a format error (see ``RewardConfig.think_format``)."""
-    if config.think_format == "none":
-        return response
-    if config.think_format == "strict":
-        split = split_think(response, prompt_opens_think, strict=True)
-        return split[1] if split else None
-    if THINK_CLOSE in response:
-        split = split_think(response, prompt_opens_think)
-        return split[1] if split else None
-    if THINK_OPEN in response or prompt_opens_think or not config.allow_missing_think:
-        return None  # the thinking was opened and never closed (truncated or malformed)
-    return response
-
-
 def _golds_for(gold: object, grader: str) -> list[str]:
-    if grader == "deepscaler":
-        from deepscaler.rewards.deepscaler_rules import deepscaler_gold_list
-
-        return deepscaler_gold_list(gold)
-    return gold_answers(gold)
+    return deepscaler_gold_list(gold) if grader == "deepscaler" else gold_answers(gold)
 
 
 def judge_response(response: str, gold: object, config: RewardConfig, prompt_opens_think: bool) -> Outcome:
     """Outcome of one response without a time bound (callers bound it)."""
-    from deepscaler.rewards.equivalence import grade_answer
-
-    segment = graded_segment(response, config, prompt_opens_think)
-    if segment is None:
-        return Outcome.FORMAT_ERROR
-    golds = _golds_for(gold, config.grader)
-    if config.grader == "deepscaler":
-        from deepscaler.rewards.deepscaler_rules import deepscaler_extract
-
-        answer = deepscaler_extract(segment)
-    else:
-        answer = extract_final_answer(segment)
+    answer = graded_answer(response, config, prompt_opens_think)
     if answer is None:
         return Outcome.FORMAT_ERROR
-    if config.grader == "math_verify":
-        answer = segment  # math-verify alone extracts the answer from the solution text itself
-    return Outcome.CORRECT if grade_answer(answer, golds, config.grader) else Outcome.INCORRECT
+    return Outcome.CORRECT if grade_answer(answer, _golds_for(gold, config.grader), config.grader) else Outcome.INCORRECT
 
 
 def _check_inputs(response: object, gold: object) -> None:
@@ -88,8 +55,6 @@ def _check_inputs(response: object, gold: object) -> None:
 
 def judge_bounded(response: str, gold: object, config: RewardConfig, prompt_opens_think: bool) -> Outcome:
     """:func:`judge_response` under ``config.timeout_s`` (this must be the main thread)."""
-    from deepscaler.rewards.timeouts import GradingTimeout, time_limit
-
     try:
         with time_limit(config.timeout_s):
             return judge_response(response, gold, config, prompt_opens_think)
@@ -110,20 +75,9 @@ def math_reward(
     """
     config = config or RewardConfig()
     _check_inputs(response, gold)
-    from deepscaler.rewards.timeouts import can_bound_in_process
-
     if can_bound_in_process():
         return outcome_value(judge_bounded(response, gold, config, prompt_opens_think), config)
     return score_responses([response], [gold], config, prompt_opens_think=prompt_opens_think)[0]
-
-
-def default_num_workers() -> int:
-    """Pool size when not given: the CPUs this process may use, at most 16."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:
-        available = os.cpu_count() or 1
-    return max(1, min(16, available))
 
 
 def score_responses(
@@ -143,8 +97,6 @@ def score_responses(
     """
     config = config or RewardConfig()
     if timeout_s is not None:
-        from dataclasses import replace
-
         config = replace(config, timeout_s=timeout_s)
     num_workers = config.num_workers if num_workers is None else num_workers
     if len(responses) != len(golds):
@@ -164,7 +116,17 @@ def score_responses(
         return []
     if num_workers == 0:
         return [math_reward(r, g, config, prompt_opens_think=o) for r, g, o in zip(responses, golds, opens, strict=False)]
-    from deepscaler.rewards.pool import get_pool
+    return score_in_pool(grading_pool(num_workers or None), list(zip(responses, golds, opens, strict=True)), config)
 
-    pool = get_pool(num_workers or default_num_workers())
-    return pool.map_rewards(list(zip(responses, golds, opens, strict=False)), config)
+
+def score_in_pool(pool: BoundedPool, items: list[tuple[str, object, bool]], config: RewardConfig) -> list[float]:
+    """Rewards of ``(response, gold, prompt_opens_think)`` items in ``pool``, in order; an item whose worker hung
+    past ``config.timeout_s + config.pool_grace_s`` or crashed gets ``config.incorrect_reward``."""
+    return pool.map(_score_item, [(response, gold, config, opens) for response, gold, opens in items],
+                    config.timeout_s + config.pool_grace_s, config.incorrect_reward)
+
+
+def _score_item(item: tuple[str, object, RewardConfig, bool]) -> float:
+    """The reward of one item, bounded in the worker by its signal timer."""
+    response, gold, config, opens = item
+    return outcome_value(judge_bounded(response, gold, config, opens), config)

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from deepscaler.rewards import RewardConfig, close_pool, is_equivalent, math_reward, score_responses
-from deepscaler.rewards.pool import GradingPool, choose_start_method, get_pool
+from deepscaler.rewards.pool import BoundedPool, choose_start_method, get_pool
+from deepscaler.rewards.reward import score_in_pool
 
 # SymPy needs more than 20 s to decide this (measured once by hand); the bound must cut it short.
 SLOW_PRED = "(x+y+z)^{30}"
@@ -114,10 +115,27 @@ def test_start_method_choice_and_override():
 
 
 def test_spawn_pool_grades():
-    spawn_pool = GradingPool(1, start_method="spawn")
+    spawn_pool = BoundedPool(1, start_method="spawn")
     try:
         config = RewardConfig()
         tasks = [("<think></think>\\boxed{\\frac12}", "0.5", False), ("\\boxed{3}", "4", False)]
-        assert spawn_pool.map_rewards(tasks, config) == [1.0, 0.0]
+        assert score_in_pool(spawn_pool, tasks, config) == [1.0, 0.0]
     finally:
         spawn_pool.close()
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fail(x: int) -> int:
+    raise ValueError(x)
+
+
+def test_pool_is_a_generic_bounded_map():
+    generic = BoundedPool(1, start_method="spawn")
+    try:
+        assert generic.map(_square, [1, 2, 3], deadline_s=30.0, fallback=-1) == [1, 4, 9]
+        assert generic.map(_fail, [1, 2], deadline_s=30.0, fallback="fallback") == ["fallback", "fallback"]
+    finally:
+        generic.close()
