@@ -24,6 +24,8 @@ from deepscaler.precision import (
 from deepscaler.precision.probe import parse_version
 from deepscaler.precision.selfcheck import SelfCheckCase, SelfCheckResult
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 CPU = EnvironmentProbe(device_type="cpu", torch_version="2.13.0", transformers_version="5.19.0",
                        vllm_version="0.32.0")
 

@@ -17,6 +17,8 @@ from deepscaler.precision import (
 )
 from deepscaler.precision.selfcheck import attention_function, machine_self_check
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 QWEN = dict(head_dim=128, num_heads=12, num_kv_heads=2)
 
 
