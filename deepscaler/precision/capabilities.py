@@ -179,7 +179,7 @@ VLLM_BACKENDS: dict[str, BackendCapability] = {c.name: c for c in [
     BackendCapability(
         "FLASHINFER", HALF, frozenset({"cuda"}), min_cc=(8, 0),
         head_dims=HeadDims(allowed=frozenset({64, 128, 256, 512})), paged_kv=True, backward=False,
-        deterministic="no", notes="log2-based LSE; first choice on Blackwell"),
+        deterministic="no", notes="log2-based LSE; vLLM's first choice on compute capability 10.x (B200/GB200)"),
     BackendCapability(
         "TRITON_ATTN", ALL_FLOAT, frozenset({"cuda", "rocm"}), paged_kv=True, backward=False,
         deterministic="batch-invariant mode", notes="portable Triton kernel; the fp32 route on current vLLM"),
@@ -227,6 +227,9 @@ class VllmEra:
     """Canonical backend -> known bug in this era; ``auto`` ranks it last (an explicit request still works)."""
     extra_kwargs: dict[str, dict[str, object]] | None = None
     """Canonical backend -> extra LLM kwargs that work around a known bug in this era."""
+    selects_by_dtype: bool = False
+    """vLLM's own selector walks its priority list and skips backends that cannot serve the dtype, head size or
+    compute capability (``validate_configuration``, vllm#24794, from 0.12): ``auto`` then names no backend."""
 
     def contains(self, version: tuple[int, ...]) -> bool:
         return tuple(version[:3]) >= self.min_version and (
@@ -273,14 +276,17 @@ VLLM_ERAS: tuple[VllmEra, ...] = (
                   "fp32 order FLEX first because TRITON_ATTN fp32 is only confirmed for later versions)"),
     VllmEra((0, 12, 0), (0, 13, 0), "env", _CURRENT | {"CPU_ATTN"}, {},
             ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "FLEX_ATTENTION"), ("TRITON_ATTN", "FLEX_ATTENTION"),
-            ("CPU_ATTN",), notes="XFORMERS backend and dependency removed (approx: 'v0.12 cycle', vllm#28287)"),
+            ("CPU_ATTN",), notes="XFORMERS backend and dependency removed (approx: 'v0.12 cycle', vllm#28287)",
+            selects_by_dtype=True),
     VllmEra((0, 13, 0), (0, 15, 0), "kwarg", _CURRENT | {"CPU_ATTN"}, {},
             ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "FLEX_ATTENTION"), ("TRITON_ATTN", "FLEX_ATTENTION"),
-            ("CPU_ATTN",), notes="attention_backend / AttentionConfig added (vllm#26315); env var deprecated"),
+            ("CPU_ATTN",), notes="attention_backend / AttentionConfig added (vllm#26315); env var deprecated",
+            selects_by_dtype=True),
     VllmEra((0, 15, 0), None, "kwarg", _CURRENT | {"CPU_ATTN"}, {},
             ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "FLEX_ATTENTION"), ("TRITON_ATTN", "FLEX_ATTENTION"),
             ("CPU_ATTN",),
-            notes="VLLM_ATTENTION_BACKEND removed (vllm#32812) and silently ignored; engine argument only"),
+            notes="VLLM_ATTENTION_BACKEND removed (vllm#32812) and silently ignored; engine argument only",
+            selects_by_dtype=True),
 )
 
 

@@ -5,12 +5,20 @@ probe); every branch is forced in tests with hand-built probes. It decides on th
 (autocast / FSDP mixed precision for the trainer, the vLLM dtype for rollout), so fp32 master weights with bf16
 compute keep flash attention, and fp32 compute never reaches a 16-bit-only kernel. For vLLM it returns the
 engine argument (``attention_backend=``) or, for versions where that was the mechanism, the environment
-variable, and never a backend name the installed version does not know.
+variable, and never a backend name the installed version does not know. In ``auto`` mode a vLLM whose own selector
+skips backends that cannot serve the dtype (vLLM >= 0.12) is given no name at all, so it can fall back by itself
+(e.g. from a FlashAttention build that lacks this GPU's architecture).
+
+On the machine it runs on, a trainer backend is also numerically self-checked (``selfcheck.self_check``, once per
+process) before it is chosen: one that fails or raises here is excluded, the next compatible one is taken, and the
+decision says why. deepscaler's own Triton kernel is chosen automatically only after its self-check passed in this
+process.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +36,14 @@ from deepscaler.precision.capabilities import (
 )
 from deepscaler.precision.policy import PrecisionPolicy, get_policy
 from deepscaler.precision.probe import EnvironmentProbe, parse_version, probe_environment
+from deepscaler.precision.selfcheck import SelfCheckResult, machine_self_check
 
 logger = logging.getLogger("deepscaler.precision")
 
 ENGINES = ("trainer", "rollout")
+OUR_KERNEL = "deepscaler_flash"
+Verifier = Callable[[str, PrecisionPolicy, "ModelGeometry"], SelfCheckResult]
+"""(backend, policy, geometry) -> the backend's numerical self-check on this machine."""
 ON_INCOMPATIBLE = ("fallback", "error")
 FA_FALSE_ALARM_NOTE = ("master weights are float32, so transformers warns at load that flash attention needs "
                        "fp16/bf16; the forward runs in {compute} (autocast / FSDP mixed precision), so that "
@@ -109,10 +121,17 @@ class AttentionDecision:
     """True when an explicit request was incompatible and ``auto`` chose instead."""
     notes: list[str] = field(default_factory=list)
     """Caveats (false-alarm warnings, TF32, dispatch surprises)."""
+    named: bool = True
+    """Rollout: True when ``backend`` is passed to vLLM; False when vLLM's own selector picks (``backend`` is
+    then the backend its order is expected to choose, and ``engine_kwargs`` / ``env_vars`` name none)."""
+    self_checks: dict[str, str] = field(default_factory=dict)
+    """Trainer: backend -> summary of its self-check on this machine, for each backend checked."""
 
     def describe(self) -> str:
         """One line for start-up logs."""
         chosen = self.backend or "vLLM default"
+        if self.backend and not self.named:
+            chosen = f"vLLM's choice (expected {self.backend})"
         rejected = ", ".join(f"{name}({why})" for name, why in self.rejected[:6])
         more = f" +{len(self.rejected) - 6} more" if len(self.rejected) > 6 else ""
         line = f"attention[{self.engine}]={chosen} compute={self.compute_dtype} request={self.request}: {self.reason}"
@@ -192,9 +211,11 @@ def _rollout_candidates(dtype: str, env: EnvironmentProbe, era: VllmEra) -> list
         order = ["ROCM_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"]
     else:
         order = list(era.cuda_fp32 if dtype == "float32" else era.cuda_half)
-        if env.compute_capability and env.compute_capability >= (10, 0) and "FLASHINFER" in order:
+        if env.compute_capability and env.compute_capability[0] == 10 and "FLASHINFER" in order:
+            # vLLM's own order (vllm/platforms/cuda.py, _get_backend_priorities): FLASHINFER first on major 10
+            # (B200/GB200) only; sm120 (RTX Blackwell) and sm110 keep FLASH_ATTN first.
             order.remove("FLASHINFER")
-            order.insert(0, "FLASHINFER")  # vLLM's own Blackwell priority
+            order.insert(0, "FLASHINFER")
     avoid = era.avoid or {}
     order = [n for n in order if n not in avoid] + [n for n in order if n in avoid]
     order += [name for name in VLLM_BACKENDS if name not in order]
@@ -221,12 +242,16 @@ def _canonical_vllm(name: str) -> str:
 # --------------------------------------------------------------------------------------------- resolver
 def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | str,
                       request: str = "auto", on_incompatible: str = "fallback",
-                      env: EnvironmentProbe | None = None) -> AttentionDecision:
+                      env: EnvironmentProbe | None = None, verify: Verifier | None = None) -> AttentionDecision:
     """Pick the attention backend for ``engine`` ('trainer' | 'rollout').
 
     ``request="auto"`` takes the best compatible backend; an explicit name is honoured when compatible, else
     ``on_incompatible="fallback"`` picks ``auto`` (logged as a warning) and ``"error"`` raises
     AttentionBackendError listing what would work. The decision is logged once per process.
+
+    ``verify`` runs a trainer backend's numerical self-check; a backend whose check fails is treated as
+    incompatible. None: the real, cached self-check when ``env`` is this process's machine (omitted or equal to
+    ``probe_environment()``), no check for a hand-built probe (then our own kernel is never chosen by ``auto``).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -237,7 +262,9 @@ def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | 
     geometry = ModelGeometry.from_config(model_config)
     request = (request or "auto").strip()
     if engine == "trainer":
-        decision = _resolve_trainer(geometry, policy, request, on_incompatible, env)
+        if verify is None and env == probe_environment():
+            verify = machine_self_check
+        decision = _resolve_trainer(geometry, policy, request, on_incompatible, env, verify)
     else:
         decision = _resolve_rollout(geometry, policy, request, on_incompatible, env)
     log_decision(decision)
@@ -246,12 +273,30 @@ def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | 
 
 def _choose(candidates: list[BackendCapability], dtype: str, geometry: ModelGeometry, env: EnvironmentProbe,
             request: str, on_incompatible: str, engine: str, extra_problems=None,
-            spell=lambda name: name) -> tuple[str | None, str, list[tuple[str, str]], bool]:
-    """Shared auto/explicit logic: (chosen name, reason, rejected, fell_back)."""
+            spell=lambda name: name, checked=None) -> tuple[str | None, str, list[tuple[str, str]], bool]:
+    """Shared auto/explicit logic: (chosen name, reason, rejected, fell_back).
+
+    ``checked(name)``: None when the backend may be used on this machine, else why not (a failed self-check);
+    asked lazily, in preference order, only for backends compatible on paper.
+    """
     problems = {c.name: _problems(c, dtype, geometry, env) + (extra_problems(c.name) if extra_problems else [])
                 for c in candidates}
-    compatible = [c.name for c in candidates if not problems[c.name]]
-    best = compatible[0] if compatible else None
+    asked: set[str] = set()
+
+    def usable(name: str) -> bool:
+        """Compatible on paper and, when ``checked`` is given, not ruled out on this machine (asked once)."""
+        if not problems[name] and checked is not None and name not in asked:
+            asked.add(name)
+            failure = checked(name)
+            if failure:
+                problems[name].append(failure)
+        return not problems[name]
+
+    def first_usable() -> str | None:
+        return next((c.name for c in candidates if usable(c.name)), None)
+
+    def compatible() -> list[str]:
+        return [c.name for c in candidates if not problems[c.name]]
 
     def rejected_except(chosen: str | None) -> list[tuple[str, str]]:
         out = []
@@ -263,22 +308,28 @@ def _choose(candidates: list[BackendCapability], dtype: str, geometry: ModelGeom
         return out
 
     if request.lower() == "auto":
+        best = first_usable()
         if best is None:
             raise AttentionBackendError(
                 f"no {engine} attention backend can run {dtype} with head_dim {geometry.head_dim} on "
                 f"{env.cc_label}: " + "; ".join(f"{spell(n)}: {', '.join(p)}" for n, p in problems.items()))
-        return best, f"best compatible backend for {dtype} compute on {env.cc_label}", rejected_except(best), False
+        reason = f"best compatible backend for {dtype} compute on {env.cc_label}"
+        failed = [spell(n) for n, p in problems.items() if any(x.startswith(SELF_CHECK_FAILED) for x in p)]
+        if failed:
+            reason += f" that passed its self-check here ({', '.join(failed)} failed theirs, see rejected)"
+        return best, reason, rejected_except(best), False
 
     wanted = request if engine == "trainer" else _canonical_vllm(request)
     if engine == "trainer":
         wanted = wanted.lower()
     if wanted not in problems:
         problems[wanted] = [f"unknown {engine} backend (known: {', '.join(spell(c.name) for c in candidates)})"]
-    if not problems[wanted]:
+    if usable(wanted):
         return wanted, f"requested explicitly and compatible with {dtype} compute on {env.cc_label}", \
             rejected_except(wanted), False
+    best = first_usable()
     why_not = "; ".join(problems[wanted])
-    working = ", ".join(spell(n) for n in compatible) or "none"
+    working = ", ".join(spell(n) for n in compatible()) or "none"
     if on_incompatible == "error" or best is None:
         raise AttentionBackendError(
             f"{engine} attention backend {request!r} cannot run here: {why_not}. Compatible: {working}. "
@@ -288,10 +339,33 @@ def _choose(candidates: list[BackendCapability], dtype: str, geometry: ModelGeom
     return best, reason, rejected, True
 
 
+SELF_CHECK_FAILED = "self-check FAILED on this machine"
+NOT_SELF_CHECKED = "not self-checked on this GPU in this process"
+
+
 def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: str, on_incompatible: str,
-                     env: EnvironmentProbe) -> AttentionDecision:
+                     env: EnvironmentProbe, verify: Verifier | None = None) -> AttentionDecision:
     dtype = policy.compute_dtype
     candidates = _trainer_candidates(dtype, env)
+    self_checks: dict[str, str] = {}
+
+    def checked(name: str) -> str | None:
+        """Why ``name`` may not be used here (None: usable): its self-check failed or raised; our own kernel
+        also needs a passed check, so without a verifier ``auto`` never picks it."""
+        if verify is None:
+            if name == OUR_KERNEL and request.lower() == "auto":
+                return f"{NOT_SELF_CHECKED} (auto picks it only after its self-check passed)"
+            return None
+        try:
+            result = verify(name, policy, geometry)
+        except Exception as exc:  # a check that cannot even run is a failed check, with its text
+            self_checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+            return f"{SELF_CHECK_FAILED} ({self_checks[name]})"
+        self_checks[name] = result.summary()
+        if result.skipped:
+            return None if name != OUR_KERNEL else f"{NOT_SELF_CHECKED} ({result.skipped})"
+        return None if result.passed else f"{SELF_CHECK_FAILED} ({result.summary()})"
+
     known = {c.name for c in candidates}
     if request.lower() not in ("auto", *known) and _registered_in_transformers(request):
         return AttentionDecision(
@@ -299,7 +373,7 @@ def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: 
             "deepscaler's capability table, so it is not validated (run `deepscaler doctor` to self-check)",
             compute_dtype=dtype, request=request)
     backend, reason, rejected, fell_back = _choose(candidates, dtype, geometry, env, request, on_incompatible,
-                                                   "trainer")
+                                                   "trainer", checked=checked)
     notes = []
     if backend and backend.startswith("flash_attention") and policy.param_dtype == "float32":
         notes.append(FA_FALSE_ALARM_NOTE.format(compute=dtype))
@@ -311,7 +385,7 @@ def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: 
     if backend == "flex_attention" and dtype == "float32":
         notes.append("flex_attention fp32 runs IEEE FMA (~10x slower than SDPA EFFICIENT on H100)")
     return AttentionDecision("trainer", backend, reason, rejected, compute_dtype=dtype, request=request,
-                             fell_back=fell_back, notes=notes)
+                             fell_back=fell_back, notes=notes, self_checks=self_checks)
 
 
 def _resolve_rollout(geometry: ModelGeometry, policy: PrecisionPolicy, request: str, on_incompatible: str,
@@ -347,16 +421,33 @@ def _resolve_rollout(geometry: ModelGeometry, policy: PrecisionPolicy, request: 
     notes = [f"vLLM {env.vllm_version}: {era.notes}"]
     engine_kwargs: dict[str, Any] = {}
     env_vars: dict[str, str] = {}
-    if era.mechanism == "kwarg":
+    named, why = rollout_backend_named(request, era, _device(env))
+    if not named:
+        reason = f"{reason}; {why}"
+    elif era.mechanism == "kwarg":
         engine_kwargs["attention_backend"] = spelled
     else:
         env_vars["VLLM_ATTENTION_BACKEND"] = spelled
         notes.append("this vLLM takes the backend from VLLM_ATTENTION_BACKEND: set env_vars before importing vllm")
     engine_kwargs.update((era.extra_kwargs or {}).get(backend, {}))
-    if _device(env) == "cpu":
-        notes.append("vLLM's CPU platform always runs its CPU backend; naming it keeps the log explicit")
     return AttentionDecision("rollout", spelled, reason, rejected, engine_kwargs, env_vars, dtype, request,
-                             fell_back, notes)
+                             fell_back, notes, named=named)
+
+
+def rollout_backend_named(request: str, era: VllmEra, device: str) -> tuple[bool, str]:
+    """(pass the backend name to vLLM?, why). A name pins vLLM to one backend: if that backend cannot start
+    (e.g. a FlashAttention build without this GPU's architecture) vLLM raises instead of taking its next one.
+    So ``auto`` names a backend only where vLLM's own choice would be wrong for the dtype: before vLLM 0.12 its
+    selector did not skip backends that refuse the dtype (fp32 needed a name; old eras also rank around known
+    bugs). The CPU platform always runs its own backend."""
+    if request.lower() != "auto":
+        return True, "requested explicitly"
+    if device == "cpu":
+        return False, "not named: vLLM's CPU platform always runs its CPU backend"
+    if era.selects_by_dtype:
+        return False, ("not named: this vLLM's own selector skips backends that cannot serve the dtype and "
+                       "falls back by itself, in the order ranked here")
+    return True, "named: this vLLM's selector does not check the dtype"
 
 
 def _registered_in_transformers(name: str) -> bool:

@@ -248,3 +248,30 @@ def self_check(backend: str, policy: PrecisionPolicy | str, head_dim: int, num_h
     if not result.passed:
         logger.error("ATTENTION SELF-CHECK FAILED for backend %r: %s", backend, result.summary())
     return result
+
+
+_MACHINE_CHECKS: dict[tuple, SelfCheckResult] = {}
+
+
+def machine_self_check(backend: str, policy: PrecisionPolicy | str, geometry) -> SelfCheckResult:
+    """``self_check`` of a trainer backend on this process's device (CUDA when available, else CPU), with the
+    model's head geometry; run once per (backend, precision, geometry) per process and cached, because the
+    resolver asks it for every model it loads. deepscaler's own kernel is registered with transformers first.
+
+    ``geometry``: anything with ``num_heads``, ``num_kv_heads`` and ``head_dim`` (a ``ModelGeometry``).
+    """
+    import torch
+
+    policy = get_policy(policy)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (backend, policy.name, policy.compute_dtype, geometry.num_heads, geometry.num_kv_heads,
+           geometry.head_dim, device)
+    if key not in _MACHINE_CHECKS:
+        if backend == "deepscaler_flash":
+            from deepscaler.precision.loading import ensure_backend_registered
+
+            ensure_backend_registered(backend)
+        _MACHINE_CHECKS[key] = self_check(backend, policy, geometry.head_dim, geometry.num_heads,
+                                          geometry.num_kv_heads, device=device)
+        logger.info("%s", _MACHINE_CHECKS[key].summary())
+    return _MACHINE_CHECKS[key]

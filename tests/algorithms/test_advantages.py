@@ -14,6 +14,8 @@ from deepscaler.algorithms import (
     rloo_advantages,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 
 def test_grpo_spec_example_one_correct_of_eight():
     # Spec §4.2: n=8, one correct → μ=0.125, σ=0.354 (Bessel) → +2.47 / −0.354.

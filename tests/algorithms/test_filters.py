@@ -3,6 +3,8 @@ import torch
 
 from deepscaler.algorithms import filter_constant_groups, overlong_filter_mask, overlong_reward_penalty
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 
 def test_dynamic_sampling_drops_constant_groups_and_counts_them():
     rewards = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5])

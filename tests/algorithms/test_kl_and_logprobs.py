@@ -15,6 +15,8 @@ from deepscaler.algorithms import (
     temperature_scale,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 
 def test_kl_estimators_hand_values():
     logp = torch.tensor([-1.0, -2.0])

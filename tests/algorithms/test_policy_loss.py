@@ -15,6 +15,8 @@ from deepscaler.algorithms import (
     truncated_importance_weights,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
 LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 99.0, float("nan")]])  # masked entries must not leak
 

@@ -189,9 +189,6 @@ def test_max_model_len_and_memory_choices_each_branch(tiny_model_dir, monkeypatc
     assert length == 500 and "capped" not in reason
     length, reason = resolve_max_model_len(EvalConfig(model=model))
     assert length == 1024 and "capped to 1024" in reason
-    given = resolve_eval_memory(EvalConfig(model=model, gpu_memory_utilization=0.3), 500)
-    assert (given.gpu_memory_utilization, given.kv_cache_memory_bytes) == (0.3, None)
-    assert "--gpu-memory-utilization=0.3" in given.reason
     assert resolve_eval_memory(EvalConfig(model=model, kv_cache_memory_bytes=1 << 27), 500).engine_kwargs() == {
         "kv_cache_memory_bytes": 1 << 27}
     import torch
@@ -199,9 +196,15 @@ def test_max_model_len_and_memory_choices_each_branch(tiny_model_dir, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu = resolve_eval_memory(EvalConfig(model=model), 500)  # sized from the tiny model's config
     assert cpu.gpu_memory_utilization == 0.1 and cpu.kv_cache_memory_bytes >= 64 << 20
+    given = resolve_eval_memory(EvalConfig(model=model, gpu_memory_utilization=0.3), 500)
+    assert (given.gpu_memory_utilization, given.kv_cache_memory_bytes) == (0.3, cpu.kv_cache_memory_bytes)
+    assert "--gpu-memory-utilization=0.3 is passed on but does not size the KV cache on CPU" in given.reason
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu = resolve_eval_memory(EvalConfig(model=model), 500)
     assert (gpu.gpu_memory_utilization, gpu.kv_cache_memory_bytes) == (0.9, None)
+    given = resolve_eval_memory(EvalConfig(model=model, gpu_memory_utilization=0.3), 500)
+    assert (given.gpu_memory_utilization, given.kv_cache_memory_bytes) == (0.3, None)
+    assert "--gpu-memory-utilization=0.3" in given.reason
     with pytest.raises(ValueError, match="kv-cache-memory-bytes"):
         EvalConfig(model=model, kv_cache_memory_bytes=0)
 

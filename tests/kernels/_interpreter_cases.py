@@ -242,8 +242,15 @@ def qwen2_generate_matches_eager() -> dict:
                     return_dict_in_generate=True)
     with torch.no_grad():
         ref, got = eager.generate(ids, **settings), ours.generate(ids, **settings)
-    scores_diff = max(float((a - b).abs().max()) for a, b in zip(got.scores, ref.scores, strict=True))
-    return {"eager": ref.sequences[0].tolist(), "ours": got.sequences[0].tolist(), "scores_max_abs": scores_diff}
+    generated = [(a, b) for a, b in zip(got.sequences[0, ids.shape[1]:].tolist(),
+                                        ref.sequences[0, ids.shape[1]:].tolist(), strict=False)]
+    # scores are comparable up to and including the first step where the greedy choices part (same inputs)
+    steps = next((i for i, (a, b) in enumerate(generated) if a != b), len(generated) - 1) + 1
+    scores_diff = max(float((got.scores[i] - ref.scores[i]).abs().max()) for i in range(steps))
+    # eager's top-1 minus top-2 score per step: a greedy choice can only differ between two kernels at a near-tie
+    margins = [float(top[0, 0] - top[0, 1]) for top in (s.topk(2, dim=-1).values for s in ref.scores)]
+    return {"eager": ref.sequences[0].tolist(), "ours": got.sequences[0].tolist(), "scores_max_abs": scores_diff,
+            "prompt_length": ids.shape[1], "eager_margins": margins}
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from deepscaler.kernels import ATTENTION_NAME, flash_attention, is_available
 from deepscaler.kernels.flash_attention import split_operand
 from deepscaler.kernels.hf_attention import cu_seqlens_from_position_ids, set_attention_precision
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 CASES_SCRIPT = Path(__file__).with_name("_interpreter_cases.py")
 FP32_TOL = 1e-6  # fp32-accurate modes vs float64 (measured ~1e-7 .. 3e-7)
 
@@ -97,8 +99,16 @@ def test_qwen2_gradients_match_eager(cases):
 
 def test_qwen2_generate_with_kv_cache_matches_eager(cases):
     result = _case(cases, "qwen2_generate_matches_eager")
-    assert result["ours"] == result["eager"]
     assert result["scores_max_abs"] < 1e-5
+    # Same greedy tokens, except that two float32 kernels may break a near-tie differently: the sequences may
+    # only part where eager's top-2 scores are within twice the measured score difference bound.
+    start = result["prompt_length"]
+    ours, eager = result["ours"][start:], result["eager"][start:]
+    parted = next((i for i, (a, b) in enumerate(zip(ours, eager, strict=False)) if a != b), None)
+    if parted is None:
+        assert ours == eager
+    else:
+        assert result["eager_margins"][parted] < 2e-5, (parted, result)
 
 
 # ----------------------------------------------------------------------------------------------------------

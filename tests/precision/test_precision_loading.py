@@ -11,6 +11,8 @@ import torch
 from deepscaler.precision import AttentionBackendError, AttentionDecision, get_policy
 from deepscaler.precision.loading import load_causal_lm, suppress_flash_dtype_false_alarm
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 FA_WARNING = ("Flash Attention 2 only supports torch.float16 and torch.bfloat16 dtypes, but the current dype in "
               "Qwen2ForCausalLM is torch.float32.")
 

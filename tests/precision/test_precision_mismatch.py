@@ -9,6 +9,8 @@ import torch
 
 from deepscaler.precision import assess_mismatch, logprob_mismatch
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 
 def test_identical_logprobs_give_zero_mismatch():
     logp = torch.log(torch.rand(3, 5) * 0.9 + 0.05)

@@ -7,6 +7,8 @@ import torch
 
 from deepscaler.precision import EnvironmentProbe, PrecisionPolicy, default_policy_name, get_policy
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 
 def test_presets_encode_master_compute_reduce_rollout_logits():
     bf16 = get_policy("bf16-mixed")

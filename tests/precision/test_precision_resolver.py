@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from deepscaler.precision import (
     vllm_era,
 )
 from deepscaler.precision.probe import parse_version
+from deepscaler.precision.selfcheck import SelfCheckCase, SelfCheckResult
+
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
 
 CPU = EnvironmentProbe(device_type="cpu", torch_version="2.13.0", transformers_version="5.19.0",
                        vllm_version="0.32.0")
@@ -73,16 +77,114 @@ def test_fp32_compute_never_reaches_a_16bit_kernel():
     assert any("MATH kernel" in note for note in decision.notes)  # fp32 + GQA through SDPA
 
 
-def test_fp32_prefers_our_kernel_on_sm80_plus_and_respects_its_head_dim_limit():
+def passing(name, policy, geometry):
+    """A verifier whose self-check passes (what a working GPU reports)."""
+    result = SelfCheckResult(name, policy.precision_class(), policy.compute_dtype, 1e-5, "cuda")
+    result.cases = [SelfCheckCase("causal", 2e-7, 1e-7, True, True), SelfCheckCase("packed", 2e-7, 1e-7, True, True)]
+    return result
+
+
+def failing_for(*broken: str, raises: bool = False):
+    """A verifier under which the ``broken`` backends fail their self-check (or the check itself raises),
+    recording every backend it was asked about."""
+    asked = []
+
+    def verify(name, policy, geometry):
+        asked.append(name)
+        if name not in broken:
+            return passing(name, policy, geometry)
+        if raises:
+            raise RuntimeError("pack_vnni2 is only supported when avx512 is supported")
+        result = passing(name, policy, geometry)
+        result.cases[1] = SelfCheckCase("packed", float("nan"), float("nan"), False, False,
+                                        "RuntimeError: pack_vnni2 is only supported when avx512 is supported")
+        return result
+
+    verify.asked = asked
+    return verify
+
+
+def test_fp32_prefers_our_kernel_on_sm80_plus_once_its_self_check_passed_and_respects_its_head_dim_limit():
     env = gpu(flash_attn_version="2.8.3", deepscaler_kernel_available=True)
-    assert resolve_attention("trainer", QWEN2_1_5B, "fp32", env=env).backend == "deepscaler_flash"
+    assert resolve_attention("trainer", QWEN2_1_5B, "fp32", env=env, verify=passing).backend == "deepscaler_flash"
     big = ModelGeometry(num_heads=8, num_kv_heads=8, head_dim=512)
-    decision = resolve_attention("trainer", big, "fp32", env=env)
+    decision = resolve_attention("trainer", big, "fp32", env=env, verify=passing)
     assert decision.backend == "sdpa"
     assert "head_dim 512 unsupported" in rejected_reason(decision, "deepscaler_flash")
     windowed = ModelGeometry(num_heads=12, num_kv_heads=2, head_dim=128, sliding_window=4096)
     assert "no sliding-window" in rejected_reason(resolve_attention("trainer", windowed, "fp32", env=env),
                                                   "deepscaler_flash")
+
+
+def test_our_kernel_is_chosen_automatically_only_after_its_self_check_passed():
+    env = gpu(deepscaler_kernel_available=True)
+    unchecked = resolve_attention("trainer", QWEN2_1_5B, "fp32", env=env)  # no verifier: never checked here
+    assert unchecked.backend == "sdpa"
+    assert "not self-checked on this GPU in this process" in rejected_reason(unchecked, "deepscaler_flash")
+    failed = resolve_attention("trainer", QWEN2_1_5B, "fp32", env=env, verify=failing_for("deepscaler_flash"))
+    assert failed.backend == "sdpa"
+    assert "self-check FAILED on this machine" in rejected_reason(failed, "deepscaler_flash")
+    assert "deepscaler_flash failed theirs" in failed.reason and "pack_vnni2" in failed.self_checks["deepscaler_flash"]
+
+    def skipped(name, policy, geometry):
+        result = passing(name, policy, geometry)
+        result.skipped, result.cases = "no CUDA device", []
+        return result
+
+    assert resolve_attention("trainer", QWEN2_1_5B, "fp32", env=env, verify=skipped).backend == "sdpa"
+    # an explicit request is the user's choice: honoured without a check, still refused when its check fails
+    assert resolve_attention("trainer", QWEN2_1_5B, "fp32", request="deepscaler_flash", env=env).backend == \
+        "deepscaler_flash"
+
+
+def test_a_backend_failing_its_self_check_is_excluded_and_the_next_one_taken():
+    """What ATEN_CPU_CAPABILITY=avx2 does to bf16 SDPA on an AMX CPU ("pack_vnni2 is only supported when avx512
+    is supported"): the self-check reports FAIL, the resolver takes the next compatible backend and says why."""
+    for raises in (False, True):
+        verify = failing_for("sdpa", raises=raises)
+        decision = resolve_attention("trainer", QWEN2_1_5B, "bf16-mixed", env=CPU, verify=verify)
+        assert decision.backend == "eager" and verify.asked == ["sdpa", "eager"]
+        assert "sdpa failed theirs" in decision.reason
+        assert "pack_vnni2" in rejected_reason(decision, "sdpa") and "pack_vnni2" in decision.self_checks["sdpa"]
+    passed = failing_for()
+    decision = resolve_attention("trainer", QWEN2_1_5B, "bf16-mixed", env=CPU, verify=passed)
+    assert decision.backend == "sdpa" and passed.asked == ["sdpa"]  # only the chosen one is checked
+    assert "self-check" not in decision.reason and "PASS" in decision.self_checks["sdpa"]
+
+
+def test_an_explicit_request_failing_its_self_check_falls_back_or_raises():
+    verify = failing_for("sdpa")
+    decision = resolve_attention("trainer", QWEN2_1_5B, "bf16-mixed", request="sdpa", env=CPU, verify=verify)
+    assert decision.fell_back and decision.backend == "eager" and "self-check FAILED" in decision.reason
+    with pytest.raises(AttentionBackendError, match="'sdpa' cannot run here: self-check FAILED"):
+        resolve_attention("trainer", QWEN2_1_5B, "bf16-mixed", request="sdpa", on_incompatible="error", env=CPU,
+                          verify=verify)
+
+
+def test_nothing_passing_its_self_check_is_a_clear_error():
+    with pytest.raises(AttentionBackendError) as info:
+        resolve_attention("trainer", QWEN2_1_5B, "bf16-mixed", env=CPU,
+                          verify=failing_for("sdpa", "eager", "flex_attention"))
+    message = str(info.value)
+    assert message.startswith("no trainer attention backend can run bfloat16")
+    assert all(f"{name}: self-check FAILED on this machine" in message for name in ("sdpa", "eager", "flex_attention"))
+
+
+def test_this_machine_is_self_checked_and_a_hand_built_probe_is_not(monkeypatch):
+    """Without a verifier the real (cached) self-check runs when the probe is this machine's."""
+    import deepscaler.precision.resolver as resolver
+
+    asked = []
+
+    def recording(name, policy, geometry):
+        asked.append(name)
+        return passing(name, policy, geometry)
+
+    monkeypatch.setattr(resolver, "machine_self_check", recording)
+    resolve_attention("trainer", QWEN2_1_5B, "fp32", env=CPU)
+    assert asked == []
+    decision = resolve_attention("trainer", QWEN2_1_5B, "fp32")
+    assert asked == [decision.backend]
 
 
 def test_sm75_and_missing_flash_attn_fall_to_sdpa():
@@ -138,15 +240,27 @@ def test_bad_arguments_name_the_field():
 
 
 # ------------------------------------------------------------------------------------------------ rollout
-def test_current_vllm_uses_the_engine_argument_and_triton_for_fp32():
+def test_current_vllm_auto_names_no_backend_and_an_explicit_request_uses_the_engine_argument():
+    """vLLM >= 0.12 skips backends that cannot serve the dtype itself, so auto passes no name (a FlashAttention
+    build lacking the card's architecture then falls back inside vLLM instead of raising)."""
     env = gpu(vllm_version="0.32.0")
     half = resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", env=env)
-    assert half.backend == "FLASH_ATTN"
-    assert half.engine_kwargs == {"attention_backend": "FLASH_ATTN"} and half.env_vars == {}
+    assert half.backend == "FLASH_ATTN" and not half.named  # what vLLM's own order picks
+    assert half.engine_kwargs == {} and half.env_vars == {} and "not named" in half.reason
+    assert half.describe().startswith("attention[rollout]=vLLM's choice (expected FLASH_ATTN)")
     fp32 = resolve_attention("rollout", QWEN2_1_5B, "fp32", env=env)
-    assert fp32.backend == "TRITON_ATTN" and fp32.engine_kwargs == {"attention_backend": "TRITON_ATTN"}
+    assert fp32.backend == "TRITON_ATTN" and fp32.engine_kwargs == {} and not fp32.named
     assert "float32 compute unsupported" in rejected_reason(fp32, "FLASH_ATTN")
     assert "float32 compute unsupported" in rejected_reason(fp32, "FLASHINFER")
+    explicit = resolve_attention("rollout", QWEN2_1_5B, "fp32", request="FLEX_ATTENTION", env=env)
+    assert explicit.named and explicit.engine_kwargs == {"attention_backend": "FLEX_ATTENTION"}
+
+
+def test_a_vllm_without_dtype_aware_selection_gets_a_name():
+    """Before vLLM 0.12 its selector did not skip backends refusing the dtype: auto names the backend."""
+    fp32 = resolve_attention("rollout", QWEN2_1_5B, "fp32", env=gpu(vllm_version="0.11.0"))
+    assert fp32.named and fp32.env_vars == {"VLLM_ATTENTION_BACKEND": "FLEX_ATTENTION"}
+    assert not vllm_era((0, 11, 2)).selects_by_dtype and vllm_era((0, 12, 0)).selects_by_dtype
 
 
 def test_xformers_is_never_passed_to_a_vllm_that_removed_it():
@@ -159,13 +273,29 @@ def test_xformers_is_never_passed_to_a_vllm_that_removed_it():
                           env=env)
 
 
-def test_blackwell_prefers_flashinfer_unless_head_dim_rules_it_out():
+def test_flashinfer_first_only_on_compute_capability_10_as_in_vllm():
     env = gpu((10, 0), vllm_version="0.32.0")
     assert resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", env=env).backend == "FLASHINFER"
+    assert resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", env=gpu((10, 3))).backend == "FLASHINFER"
     odd = ModelGeometry(num_heads=8, num_kv_heads=8, head_dim=96)
     decision = resolve_attention("rollout", odd, "bf16-mixed", env=env)
     assert decision.backend == "FLASH_ATTN"
     assert "head_dim 96 unsupported" in rejected_reason(decision, "FLASHINFER")
+    for cc in ((12, 0), (11, 0), (9, 0)):  # RTX Blackwell (sm120), Thor (sm110), Hopper: FLASH_ATTN first
+        decision = resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", env=gpu(cc))
+        assert decision.backend == "FLASH_ATTN", cc
+        assert "ranked below FLASH_ATTN" in rejected_reason(decision, "FLASHINFER")
+
+
+def test_flashinfer_ordering_matches_the_installed_vllm_source():
+    """vLLM's _get_backend_priorities (platforms/cuda.py) puts FLASHINFER first under `major == 10` only."""
+    source = (_installed_vllm_root() / "platforms" / "cuda.py").read_text()
+    function = source[source.index("def _get_backend_priorities"):]
+    after = function.split("if device_capability.major == 10 and not use_non_causal:", 1)[1]
+    major_10, other = after.split("else:", 1)
+    flashinfer, flash_attn = "AttentionBackendEnum.FLASHINFER,", "AttentionBackendEnum.FLASH_ATTN,"
+    assert major_10.index(flashinfer) < major_10.index(flash_attn)
+    assert other.index(flash_attn) < other.index(flashinfer)
 
 
 def test_old_vllm_with_xformers_uses_the_env_var():
@@ -200,7 +330,8 @@ def test_env_var_era_ends_at_0_13_and_xformers_ends_at_0_12():
                              env=gpu(vllm_version="0.11.2")).backend == "XFORMERS"
     d012 = resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", request="XFORMERS", env=gpu(vllm_version="0.12.0"))
     assert d012.fell_back and d012.env_vars == {"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"}
-    d013 = resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", env=gpu(vllm_version="0.13.0"))
+    d013 = resolve_attention("rollout", QWEN2_1_5B, "bf16-mixed", request="FLASH_ATTN",
+                             env=gpu(vllm_version="0.13.0"))
     assert d013.engine_kwargs == {"attention_backend": "FLASH_ATTN"} and d013.env_vars == {}
 
 
@@ -211,11 +342,14 @@ def test_vllm_without_a_choice_or_absent():
     assert absent.backend is None and "not installed" in absent.reason
 
 
-def test_cpu_rollout_names_cpu_attn():
+def test_cpu_rollout_runs_cpu_attn_without_naming_it():
     decision = resolve_attention("rollout", QWEN2_1_5B, "fp32", env=CPU)
-    assert decision.backend == "CPU_ATTN" and decision.engine_kwargs == {"attention_backend": "CPU_ATTN"}
+    assert decision.backend == "CPU_ATTN" and decision.engine_kwargs == {} and not decision.named
+    assert "CPU platform always runs its CPU backend" in decision.reason
     fallback = resolve_attention("rollout", QWEN2_1_5B, "fp32", request="TRITON_ATTN", env=CPU)
     assert fallback.fell_back and fallback.backend == "CPU_ATTN"
+    explicit = resolve_attention("rollout", QWEN2_1_5B, "fp32", request="CPU_ATTN", env=CPU)
+    assert explicit.engine_kwargs == {"attention_backend": "CPU_ATTN"}
 
 
 @pytest.mark.parametrize("era", VLLM_ERAS, ids=lambda e: ".".join(map(str, e.min_version)))
@@ -321,7 +455,8 @@ def main(path):
     except ValueError as exc:
         xformers = str(exc)
     # RolloutEngine applies the same decision (env vars, engine kwargs) and sizes the CPU KV cache
-    engine = RolloutEngine(EngineConfig(model=path, dtype="float32", precision="fp32", max_model_len=128))
+    engine = RolloutEngine(EngineConfig(model=path, dtype="float32", precision="fp32", max_model_len=128,
+                                        attention_backend="CPU_ATTN"))
     out = engine.generate([[1, 4, 50, 60]], SamplingSettings(max_tokens=4, temperature=0, logprobs=False))
     backend = engine.llm.llm_engine.vllm_config.attention_config.backend
     print(json.dumps({"kwargs": decision.engine_kwargs, "engine_kwargs": engine.decision.engine_kwargs,
@@ -334,7 +469,7 @@ if __name__ == "__main__":
 
 
 def test_installed_vllm_accepts_the_decision_and_rejects_xformers(tiny_model_dir, tmp_path):
-    """End to end: vLLM 0.32 starts with the decision's engine kwargs, and its own enum refuses XFORMERS."""
+    """End to end: vLLM 0.32 starts with an explicitly requested backend, and its own enum refuses XFORMERS."""
     import json
     import subprocess
     import sys
@@ -342,11 +477,15 @@ def test_installed_vllm_accepts_the_decision_and_rejects_xformers(tiny_model_dir
     _installed_vllm_root()
     script = tmp_path / "run_vllm.py"
     script.write_text(_VLLM_SCRIPT)
+    # this checkout's deepscaler, whatever copy the interpreter has installed
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(script), str(tiny_model_dir)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["kwargs"] == result["engine_kwargs"] == {"attention_backend": "CPU_ATTN"}
-    assert result["backend"] == "CPU_ATTN"
+    assert result["kwargs"] == {}  # auto names no backend on CPU
+    assert result["engine_kwargs"] == {"attention_backend": "CPU_ATTN"}  # an explicit request is passed...
+    assert result["backend"] == "CPU_ATTN"  # ...and vLLM accepts it
     assert len(result["tokens"]) == 4
     assert result["xformers"].startswith("Unknown attention backend: 'XFORMERS'")

@@ -173,12 +173,27 @@ def test_a_stale_engine_is_caught_after_the_sync(tiny_model_dir, engine, tmp_pat
     monkeypatch.undo()
 
 
-def test_dynamic_sampling_refills_with_signal_groups(tiny_model_dir, engine, tmp_path):
+def test_dynamic_sampling_refills_with_signal_groups(tiny_model_dir, engine, tmp_path, monkeypatch):
     """Groups of odd-numbered problems get constant rewards (no signal) and are dropped; prompt batches are
     sampled until 4 groups with signal are kept. Also exercises bf16 autocast, gradient checkpointing,
-    overlong reward shaping and truncated IS in the same step; then the skip and overlong-filter paths."""
+    overlong reward shaping and truncated IS in the same step; then the skip and overlong-filter paths.
+    The trainer's bf16 attention is whatever passes its self-check on this CPU (bf16 SDPA refuses to run on some
+    CPUs), and the model is loaded with exactly that backend."""
+    import deepscaler.precision as precision
+    from deepscaler.precision.resolver import ModelGeometry
+    from deepscaler.precision.selfcheck import machine_self_check
     from deepscaler.training.checkpoint import DataPosition
     from deepscaler.training.stream import DataStream, derive_seed
+
+    loaded = []
+    real_load = precision.load_causal_lm
+
+    def recording_load(*args, **kwargs):
+        model, decision = real_load(*args, **kwargs)
+        loaded.append((decision, model.config._attn_implementation, ModelGeometry.from_config(model.config)))
+        return model, decision
+
+    monkeypatch.setattr(precision, "load_causal_lm", recording_load)
 
     index = {p.id: int(p.id.split("-")[1]) for p in PROBLEMS}
 
@@ -201,6 +216,10 @@ def test_dynamic_sampling_refills_with_signal_groups(tiny_model_dir, engine, tmp
     assert metrics["batch/solve_none"] > 0  # measured over everything sampled, before filtering
     assert 0 < metrics["actor/tis_weight"] <= 2
     assert metrics["rollout/logprob_diff"] < 0.15  # bf16 trainer vs fp32 engine: rounding only
+    decision, implementation, geometry = loaded[0]
+    assert decision.compute_dtype == "bfloat16" and implementation == decision.backend
+    assert machine_self_check(decision.backend, "bf16-mixed", geometry).passed, decision.describe()
+    monkeypatch.undo()
 
     def nothing_to_learn(responses, problems):
         return [0.0] * len(responses)

@@ -24,6 +24,8 @@ from deepscaler.training.packing import (
     token_logprobs,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 TEMPERATURE = 0.6
 MAX_RESPONSE = 12
 REL_TOL = 1e-10

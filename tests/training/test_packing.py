@@ -13,6 +13,8 @@ from deepscaler.training.packing import (
     unpad_responses,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
+
 TEMPERATURE = 0.6
 
 
