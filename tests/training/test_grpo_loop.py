@@ -179,21 +179,21 @@ def test_dynamic_sampling_refills_with_signal_groups(tiny_model_dir, engine, tmp
     overlong reward shaping and truncated IS in the same step; then the skip and overlong-filter paths.
     The trainer's bf16 attention is whatever passes its self-check on this CPU (bf16 SDPA refuses to run on some
     CPUs), and the model is loaded with exactly that backend."""
-    import deepscaler.precision as precision
+    import deepscaler.training.setup as training_setup
     from deepscaler.precision.resolver import ModelGeometry
     from deepscaler.precision.selfcheck import machine_self_check
     from deepscaler.training.checkpoint import DataPosition
     from deepscaler.training.stream import DataStream, derive_seed
 
     loaded = []
-    real_load = precision.load_causal_lm
+    real_load = training_setup.load_causal_lm
 
     def recording_load(*args, **kwargs):
         model, decision = real_load(*args, **kwargs)
         loaded.append((decision, model.config._attn_implementation, ModelGeometry.from_config(model.config)))
         return model, decision
 
-    monkeypatch.setattr(precision, "load_causal_lm", recording_load)
+    monkeypatch.setattr(training_setup, "load_causal_lm", recording_load)  # the trainer loads through setup
 
     index = {p.id: int(p.id.split("-")[1]) for p in PROBLEMS}
 
