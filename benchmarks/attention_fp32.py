@@ -13,6 +13,7 @@ forward and forward+backward. Prints a table with speed ratios to SDPA EFFICIENT
     python benchmarks/attention_fp32.py                      # GPU run (writes attention_fp32.json)
     python benchmarks/attention_fp32.py --cpu-smoke          # no GPU: tiny run under Triton's interpreter
     python benchmarks/attention_fp32.py --compile-report     # no GPU: compile every tile config for sm90
+    python benchmarks/attention_fp32.py --tiles-json tile_sweep.json   # ours with benchmarks/tile_sweep.py's best
 
 FLOPs: forward = 4*B*Hq*S^2*D / 2 (causal), forward+backward = 3.5 x forward. relerr = ||out - ref||_F /
 ||ref||_F against float64 attention of the same (rounded) inputs; gradients likewise for S <= --grad-check-max.
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arch", type=int, default=90, help="--compile-report target, e.g. 80 or 90")
     parser.add_argument("--precisions", nargs="+", default=list(OURS_PRECISIONS) + ["native"],
                         help="--compile-report precisions ('native' = bf16 inputs)")
+    parser.add_argument("--device", default="cuda",
+                        help="cpu: rehearse the GPU code path under TRITON_INTERPRET=1 (timings meaningless)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="stop starting new measurements after this many seconds (partial results are kept)")
+    parser.add_argument("--tiles-json", type=Path, default=None,
+                        help="a benchmarks/tile_sweep.py output: run our kernel with its best tiles per precision")
     return parser.parse_args(argv)
 
 
@@ -83,16 +90,31 @@ def relative_error(x, ref) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # attention paths: each maps (q, k, v) in [B, S, H, D] layout to [B, S, Hq, D]
 # ----------------------------------------------------------------------------------------------------------
-def build_paths(causal: bool) -> dict[str, tuple[str, object]]:
-    """name -> (input dtype, fn). Each fn takes q [B,S,Hq,D], k/v [B,S,Hkv,D]."""
+def load_best_tiles(path: Path | None) -> dict[str, dict]:
+    """precision -> {kernel: TileConfig} from a benchmarks/tile_sweep.py JSON ("best"); {} without one."""
+    if path is None:
+        return {}
+    from deepscaler.kernels.tiles import TileConfig
+
+    best = json.loads(path.read_text()).get("best", {})
+    return {precision: {kernel: TileConfig(*cfg) for kernel, cfg in kernels.items()}
+            for precision, kernels in best.items()}
+
+
+def build_paths(causal: bool, best_tiles: dict[str, dict] | None = None) -> dict[str, tuple[str, object]]:
+    """name -> (input dtype, fn). Each fn takes q [B,S,Hq,D], k/v [B,S,Hkv,D]. ``best_tiles``: precision ->
+    tile override of our kernel ("native" for bf16 inputs)."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from deepscaler.kernels import flash_attention
 
-    def ours(precision):
-        return lambda q, k, v: flash_attention(q, k, v, causal=causal, precision=precision)
+    best_tiles = best_tiles or {}
+
+    def ours(precision, tiles_key=None):
+        tiles = best_tiles.get(tiles_key or precision)
+        return lambda q, k, v: flash_attention(q, k, v, causal=causal, precision=precision, tiles=tiles)
 
     def sdpa(backend, repeat_kv: bool):
         def run(q, k, v):
@@ -121,23 +143,24 @@ def build_paths(causal: bool) -> dict[str, tuple[str, object]]:
 
     paths: dict[str, tuple[str, object]] = {f"deepscaler_flash fp32 {p}": ("float32", ours(p)) for p in
                                             OURS_PRECISIONS}
-    paths["deepscaler_flash bf16"] = ("bfloat16", ours("bf16x3"))
+    paths["deepscaler_flash bf16"] = ("bfloat16", ours("bf16x3", "native"))
     paths["SDPA EFFICIENT fp32 (KV repeated)"] = ("float32", sdpa(SDPBackend.EFFICIENT_ATTENTION, True))
-    paths["Flex fp32 (IEEE)"] = ("float32", flex)
     paths["SDPA MATH fp32"] = ("float32", sdpa(SDPBackend.MATH, False))
     paths["SDPA FLASH bf16"] = ("bfloat16", sdpa(SDPBackend.FLASH_ATTENTION, False))
     paths["SDPA cuDNN bf16"] = ("bfloat16", sdpa(SDPBackend.CUDNN_ATTENTION, False))
+    paths["Flex fp32 (IEEE)"] = ("float32", flex)  # last: its first call compiles (tens of seconds)
     return paths
 
 
 def run_gpu(args: argparse.Namespace) -> int:
     import torch
-    import triton
+
     causal = not args.non_causal
-    paths = build_paths(causal)
+    started = time.perf_counter()
+    paths = build_paths(causal, load_best_tiles(args.tiles_json))
     if args.paths:
         paths = {name: paths[name] for name in args.paths}
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     rows = []
     for seq in args.seqlens:
         gen = torch.Generator(device=device).manual_seed(seq)
@@ -150,6 +173,10 @@ def run_gpu(args: argparse.Namespace) -> int:
             dtype = getattr(torch, dtype_name)
             q, k, v = (x.to(dtype) for x in base)
             row = {"path": name, "dtype": dtype_name, "seq_len": seq}
+            if args.time_budget is not None and time.perf_counter() - started > args.time_budget:
+                row["error"] = f"skipped: --time-budget {args.time_budget:.0f} s spent"
+                rows.append(row)
+                continue
             try:
                 if dtype_name not in refs:  # reference from the same rounded inputs
                     refs[dtype_name] = reference_attention(q, k, v, causal)
@@ -160,20 +187,47 @@ def run_gpu(args: argparse.Namespace) -> int:
                 torch.cuda.empty_cache()
             rows.append(row)
             print(format_row(row), flush=True)
+            write_json(args, rows, causal, partial=True)
     add_ratios(rows)
     print_table(rows)
-    meta = dict(device=torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability(),
-                torch=torch.__version__, triton=triton.__version__, batch=args.batch, heads=args.heads,
-                kv_heads=args.kv_heads, head_dim=args.head_dim, causal=causal)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args, rows, causal, partial=False)
     print(f"wrote {args.out}")
     return 0
+
+
+def write_json(args: argparse.Namespace, rows: list[dict], causal: bool, partial: bool) -> None:
+    import torch
+    import triton
+
+    gpu = args.device == "cuda"
+    meta = dict(device=torch.cuda.get_device_name() if gpu else args.device,
+                capability=torch.cuda.get_device_capability() if gpu else None,
+                torch=torch.__version__, triton=triton.__version__, batch=args.batch, heads=args.heads,
+                kv_heads=args.kv_heads, head_dim=args.head_dim, causal=causal, partial=partial,
+                tiles=str(args.tiles_json) if args.tiles_json else "deepscaler.kernels.tiles.DEFAULT_TILES")
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def bench_ms(fn, device_type: str, grad_to_none=None, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of ``fn``: ``triton.testing.do_bench`` on a GPU; on CPU (rehearsals only) a few
+    wall-clock runs."""
+    if device_type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return sorted(times)[1]
 
 
 def measure_path(fn, q, k, v, grad_out, ref, fwd_flops: float, causal: bool, modes: list[str],
                  grad_check: bool) -> dict:
     """Error vs float64 and median times of one attention path (forward and/or forward+backward)."""
-    from triton.testing import do_bench
+    def do_bench(f, grad_to_none=None):
+        return bench_ms(f, q.device.type, grad_to_none)
 
     row = {"relerr": relative_error(fn(q, k, v), ref)}
     if "fwd" in modes:
@@ -301,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out == Path("attention_fp32.json"):
             args.out = Path(f"attention_fp32_compile_sm{args.arch}_d{args.head_dim}.json")
         return run_compile_report(args)
+    if args.device == "cpu":  # before triton is imported: it picks compile vs interpret then
+        os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmarks/attention_fp32.py needs a CUDA GPU for timings (none found). Without one, run "
               "--cpu-smoke (interpreter correctness) or --compile-report (ptxas resource report).")
         return 0

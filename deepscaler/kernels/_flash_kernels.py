@@ -47,36 +47,6 @@ def parts_for(precision: str) -> int:
     return {"bf16x3": 2, "bf16x6": 3}.get(precision, 1)
 
 
-def _autotune(configs: list, key: list[str]):
-    """Autotune on the GPU; under the interpreter tile sizes are passed explicitly by the launcher."""
-    if INTERPRETED:
-        return lambda fn: fn
-    return triton.autotune(configs=configs, key=key)
-
-
-def _configs(shapes: list[tuple[int, int, int, int]]) -> list:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
-
-
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); configs that do not fit are skipped by the autotuner.
-# ptxas on sm90, head dim 128 (benchmarks/attention_fp32.py --compile-report): bf16x3 fits every config below
-# without spills; bf16x6 keeps 3 bf16 copies of each tile in shared memory, so only the BLOCK_N=32 configs fit
-# in 227 KiB there (128x64 needs 288 KiB). 128x128 tiles spill registers and are left out.
-FWD_CONFIGS = _configs([
-    (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 2), (128, 32, 4, 2),
-    (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (64, 32, 4, 3),
-])
-# dK/dV: BLOCK_N key rows stay resident, BLOCK_M query rows stream.
-DKDV_CONFIGS = _configs([
-    (32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2), (16, 64, 4, 3),
-])
-# dQ: BLOCK_M query rows stay resident, BLOCK_N key rows stream.
-DQ_CONFIGS = _configs([
-    (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 64, 4, 3),
-])
-TUNE_KEY = ["HEAD_DIM", "CAUSAL", "PRECISION", "IN_DTYPE", "SEQ_BUCKET"]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # split-precision dot products
 # ----------------------------------------------------------------------------------------------------------
@@ -193,6 +163,31 @@ def _key_range(row0, k_len, diag, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, 
     return full_end, end
 
 
+@triton.jit
+def _tile_program(cu_q, cu_k, seq_len_q, seq_len_k, NUM_HEADS, GROUP, BLOCK: tl.constexpr, VARLEN: tl.constexpr,
+                  OVER_KEYS: tl.constexpr):
+    """The prologue all three kernels share: which (sequence, head, tile) this program owns.
+
+    Grid axis 0 walks tiles of BLOCK rows (query rows, or key rows when ``OVER_KEYS``), axis 1 (sequence,
+    head) pairs over ``NUM_HEADS`` heads. Returns ``(b, h, kv_h, q_start, q_len, k_start, k_len, row0, diag,
+    live)``: ``h`` is the query head (the KV head itself when ``OVER_KEYS``), ``row0`` the tile's first row,
+    ``diag = k_len - q_len`` the causal offset, ``live`` whether the tile starts inside its sequence (programs of
+    shorter sequences in a packed batch have nothing to do)."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    q_start, q_len, k_start, k_len = _seq_bounds(cu_q, cu_k, b, seq_len_q, seq_len_k, VARLEN)
+    row0 = pid_t * BLOCK
+    if OVER_KEYS:
+        kv_h = h
+        live = row0 < k_len
+    else:
+        kv_h = h // GROUP
+        live = row0 < q_len
+    return b, h, kv_h, q_start, q_len, k_start, k_len, row0, k_len - q_len, live
+
+
 # ----------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------
@@ -226,26 +221,19 @@ def _fwd_inner(acc, l_i, m_i, q0, q1, q2, K, V, stride_kp, stride_kt, stride_vp,
     return acc, l_i, m_i
 
 
-@_autotune(FWD_CONFIGS, TUNE_KEY)
 @triton.jit
 def attn_fwd_kernel(Q, K, V, O, LSE, cu_q, cu_k, seq_len_q, seq_len_k, qk_scale,  # noqa: E741 - O: the output
                     stride_qp, stride_qb, stride_qt, stride_qh, stride_kp, stride_kb, stride_kt, stride_kh,
                     stride_vp, stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
-                    stride_lb, stride_lh, NUM_HEADS, GROUP, SEQ_BUCKET,
+                    stride_lb, stride_lh, NUM_HEADS, GROUP,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
                     PRECISION: tl.constexpr, IN_DTYPE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program = one BLOCK_M query tile of one (sequence, query head). Grid: (cdiv(max_q, BLOCK_M), B*Hq)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NUM_HEADS
-    h = pid_bh % NUM_HEADS
-    q_start, q_len, k_start, k_len = _seq_bounds(cu_q, cu_k, b, seq_len_q, seq_len_k, VARLEN)
-    row0 = pid_m * BLOCK_M
-    if row0 >= q_len:
+    b, h, kv_h, q_start, q_len, k_start, k_len, row0, diag, live = _tile_program(
+        cu_q, cu_k, seq_len_q, seq_len_k, NUM_HEADS, GROUP, BLOCK_M, VARLEN, False)
+    if not live:
         return
-    diag = k_len - q_len
-    kv_h = h // GROUP
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_mask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
@@ -306,26 +294,20 @@ def _dkdv_inner(dk, dv, k0, k1, k2, v0, v1, v2, Q, DO, LSE, DELTA, stride_qp, st
     return dk, dv
 
 
-@_autotune(DKDV_CONFIGS, TUNE_KEY)
 @triton.jit
 def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, seq_len_q, seq_len_k, qk_scale, sm_scale,
                          stride_qp, stride_qb, stride_qt, stride_qh, stride_kp, stride_kb, stride_kt, stride_kh,
                          stride_vp, stride_vb, stride_vt, stride_vh, stride_dop, stride_dob, stride_dot, stride_doh,
                          stride_dkb, stride_dkt, stride_dkh, stride_dvb, stride_dvt, stride_dvh,
-                         stride_lb, stride_lh, NUM_KV_HEADS, GROUP, SEQ_BUCKET,
+                         stride_lb, stride_lh, NUM_KV_HEADS, GROUP,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                          VARLEN: tl.constexpr, PRECISION: tl.constexpr, IN_DTYPE: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid: (cdiv(max_k, BLOCK_N), B*Hkv). GQA: the group's query heads are summed here, so no atomics."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NUM_KV_HEADS
-    kv_h = pid_bh % NUM_KV_HEADS
-    q_start, q_len, k_start, k_len = _seq_bounds(cu_q, cu_k, b, seq_len_q, seq_len_k, VARLEN)
-    col0 = pid_n * BLOCK_N
-    if col0 >= k_len:
+    b, _, kv_h, q_start, q_len, k_start, k_len, col0, diag, live = _tile_program(
+        cu_q, cu_k, seq_len_q, seq_len_k, NUM_KV_HEADS, GROUP, BLOCK_N, VARLEN, True)
+    if not live:
         return
-    diag = k_len - q_len
     offs_n = col0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_n < k_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
@@ -395,26 +377,19 @@ def _dq_inner(dq, q0, q1, q2, do0, do1, do2, lse, delta, K, V, stride_kp, stride
     return dq
 
 
-@_autotune(DQ_CONFIGS, TUNE_KEY)
 @triton.jit
 def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, seq_len_q, seq_len_k, qk_scale, sm_scale,
                        stride_qp, stride_qb, stride_qt, stride_qh, stride_kp, stride_kb, stride_kt, stride_kh,
                        stride_vp, stride_vb, stride_vt, stride_vh, stride_dop, stride_dob, stride_dot, stride_doh,
-                       stride_dqb, stride_dqt, stride_dqh, stride_lb, stride_lh, NUM_HEADS, GROUP, SEQ_BUCKET,
+                       stride_dqb, stride_dqt, stride_dqh, stride_lb, stride_lh, NUM_HEADS, GROUP,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                        VARLEN: tl.constexpr, PRECISION: tl.constexpr, IN_DTYPE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid: (cdiv(max_q, BLOCK_M), B*Hq). Each query tile owns its dQ rows, so no atomics."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NUM_HEADS
-    h = pid_bh % NUM_HEADS
-    q_start, q_len, k_start, k_len = _seq_bounds(cu_q, cu_k, b, seq_len_q, seq_len_k, VARLEN)
-    row0 = pid_m * BLOCK_M
-    if row0 >= q_len:
+    b, h, kv_h, q_start, q_len, k_start, k_len, row0, diag, live = _tile_program(
+        cu_q, cu_k, seq_len_q, seq_len_k, NUM_HEADS, GROUP, BLOCK_M, VARLEN, False)
+    if not live:
         return
-    diag = k_len - q_len
-    kv_h = h // GROUP
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_len

@@ -45,15 +45,14 @@ def _kernel_fn(kernel: str):
     from deepscaler.kernels import _flash_kernels as mod
 
     jit = {"fwd": mod.attn_fwd_kernel, "dkdv": mod.attn_bwd_dkdv_kernel, "dq": mod.attn_bwd_dq_kernel}[kernel]
-    return getattr(jit, "fn", jit)  # unwrap the autotuner
+    return jit
 
 
 def configs(kernel: str) -> list[tuple[int, int, int, int]]:
-    """The autotune configs of ``kernel`` as (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
-    from deepscaler.kernels import _flash_kernels as mod
+    """The sweep candidates of ``kernel`` (tiles.SWEEP_CANDIDATES) as (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+    from deepscaler.kernels.tiles import SWEEP_CANDIDATES
 
-    cfgs = {"fwd": mod.FWD_CONFIGS, "dkdv": mod.DKDV_CONFIGS, "dq": mod.DQ_CONFIGS}[kernel]
-    return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in cfgs]
+    return [(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in SWEEP_CANDIDATES[kernel]]
 
 
 def _resources(cubin: bytes) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Host side of the fp32-accurate flash attention: validation, launches and the autograd Function.
 
-The kernels live in ``_flash_kernels.py``. On CUDA tensors they are compiled (and autotuned); on CPU tensors they
+The kernels live in ``_flash_kernels.py``, their launch configurations in ``tiles.py``. On CUDA tensors they are
+compiled once per variant; on CPU tensors they
 run only under Triton's interpreter, which must be switched on *before* ``triton`` is imported
 (``TRITON_INTERPRET=1``): triton decides between compiling and interpreting when each ``@triton.jit`` function,
 including its own ``tl.sum``/``tl.max``, is defined. The interpreter is slow and meant for tests only.
@@ -14,13 +15,13 @@ from types import ModuleType
 
 import torch
 
+from deepscaler.kernels.tiles import TileConfig, choose_tiles
+
 PRECISIONS: tuple[str, ...] = ("ieee", "tf32x3", "bf16x6", "bf16x3")
 """Dot-product precisions for fp32 inputs (bf16x3 ~1e-5 relative error; the others fp32-accurate, <=1e-6)."""
 FP32_ACCURATE_PRECISIONS: tuple[str, ...] = ("ieee", "tf32x3", "bf16x6")
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
-# Fixed tiles under the interpreter (autotuned on the GPU): small, so tests on tiny shapes stay fast.
-INTERPRETER_TILES = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
 def kernel_module(device: torch.device) -> ModuleType:
@@ -142,16 +143,22 @@ def _validate(q, k, v, causal, cu_q, cu_k, max_q, max_k, precision) -> _Geometry
 
 
 def _launch_common(geo: _Geometry, causal: bool, dtype: torch.dtype, precision: str, device: torch.device):
-    """Kernel module, constexpr kwargs shared by all three kernels, and whether tiles are fixed."""
+    """Kernel module and the constexpr kwargs shared by all three kernels."""
     mod = kernel_module(device)
     import triton
 
     kwargs = dict(HEAD_DIM=geo.head_dim, BLOCK_D=max(16, triton.next_power_of_2(geo.head_dim)), CAUSAL=causal,
                   VARLEN=geo.varlen, PRECISION=precision if dtype == torch.float32 else "native",
                   IN_DTYPE=_tl_dtype(dtype))
-    if mod.INTERPRETED:
-        kwargs.update(INTERPRETER_TILES)
     return mod, kwargs
+
+
+def _tile_kwargs(mod: ModuleType, kernel: str, kw: dict, tiles: dict[str, TileConfig] | None) -> dict:
+    """Launch kwargs of ``kernel``'s tile config (tiles.choose_tiles); only the block sizes under the interpreter."""
+    config, _ = choose_tiles(kernel, kw["PRECISION"], kw["HEAD_DIM"], interpreted=mod.INTERPRETED, override=tiles)
+    if mod.INTERPRETED:
+        return dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n)
+    return config.launch_kwargs()
 
 
 def _stats_buffer(geo: _Geometry, total_q: int, device: torch.device) -> tuple[torch.Tensor, int, int]:
@@ -163,7 +170,10 @@ def _stats_buffer(geo: _Geometry, total_q: int, device: torch.device) -> tuple[t
     return buf, buf.stride(0), buf.stride(1)
 
 
-def _forward(q, k, v, cu_q, cu_k, geo: _Geometry, causal: bool, scale: float, precision: str):
+def _forward(q, k, v, cu_q, cu_k, geo: _Geometry, causal: bool, scale: float, precision: str,
+             tiles: dict[str, TileConfig] | None = None, compiled: dict | None = None):
+    """(out, lse). ``compiled``, when given, receives the launched kernel object under "fwd" (its register and
+    spill counts are read by the benchmark)."""
     mod, kw = _launch_common(geo, causal, q.dtype, precision, q.device)
     import triton
 
@@ -172,16 +182,20 @@ def _forward(q, k, v, cu_q, cu_k, geo: _Geometry, causal: bool, scale: float, pr
     dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
     grid = lambda meta: (triton.cdiv(geo.max_q, meta["BLOCK_M"]), geo.batch * geo.heads_q)  # noqa: E731
     qp, kp, vp = (split_operand(x, precision) for x in (q, k, v))
-    mod.attn_fwd_kernel[grid](
+    kernel = mod.attn_fwd_kernel[grid](
         qp, kp, vp, out, lse, cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
         geo.seq_q, geo.seq_k, scale * math.log2(math.e),
         *_part_strides(qp, geo.varlen), *_part_strides(kp, geo.varlen), *_part_strides(vp, geo.varlen),
         *_bsh_strides(out, geo.varlen), stride_lb, stride_lh,
-        geo.heads_q, geo.heads_q // geo.heads_kv, triton.next_power_of_2(geo.max_q), **kw)
+        geo.heads_q, geo.heads_q // geo.heads_kv, **kw, **_tile_kwargs(mod, "fwd", kw, tiles))
+    if compiled is not None:
+        compiled["fwd"] = kernel
     return out, lse
 
 
-def _backward(do, q, k, v, out, lse, cu_q, cu_k, geo: _Geometry, causal: bool, scale: float, precision: str):
+def _backward(do, q, k, v, out, lse, cu_q, cu_k, geo: _Geometry, causal: bool, scale: float, precision: str,
+              tiles: dict[str, TileConfig] | None = None, compiled: dict | None = None):
+    """(dq, dk, dv); ``compiled`` as in :func:`_forward` ("dkdv", "dq")."""
     mod, kw = _launch_common(geo, causal, q.dtype, precision, q.device)
     import triton
 
@@ -204,15 +218,17 @@ def _backward(do, q, k, v, out, lse, cu_q, cu_k, geo: _Geometry, causal: bool, s
     strides_qkv_do = (*_part_strides(qp, geo.varlen), *_part_strides(kp, geo.varlen),
                       *_part_strides(vp, geo.varlen), *_part_strides(dop, geo.varlen))
     grid_kv = lambda meta: (triton.cdiv(geo.max_k, meta["BLOCK_N"]), geo.batch * geo.heads_kv)  # noqa: E731
-    mod.attn_bwd_dkdv_kernel[grid_kv](
+    kernel_dkdv = mod.attn_bwd_dkdv_kernel[grid_kv](
         qp, kp, vp, dop, lse, delta, dk, dv, cu_q_arg, cu_k_arg, geo.seq_q, geo.seq_k, qk_scale, scale,
         *strides_qkv_do, *_bsh_strides(dk, geo.varlen), *_bsh_strides(dv, geo.varlen), stride_lb, stride_lh,
-        geo.heads_kv, group, triton.next_power_of_2(geo.max_k), **kw)
+        geo.heads_kv, group, **kw, **_tile_kwargs(mod, "dkdv", kw, tiles))
     grid_q = lambda meta: (triton.cdiv(geo.max_q, meta["BLOCK_M"]), geo.batch * geo.heads_q)  # noqa: E731
-    mod.attn_bwd_dq_kernel[grid_q](
+    kernel_dq = mod.attn_bwd_dq_kernel[grid_q](
         qp, kp, vp, dop, lse, delta, dq, cu_q_arg, cu_k_arg, geo.seq_q, geo.seq_k, qk_scale, scale,
         *strides_qkv_do, *_bsh_strides(dq, geo.varlen), stride_lb, stride_lh,
-        geo.heads_q, group, triton.next_power_of_2(geo.max_q), **kw)
+        geo.heads_q, group, **kw, **_tile_kwargs(mod, "dq", kw, tiles))
+    if compiled is not None:
+        compiled.update(dkdv=kernel_dkdv, dq=kernel_dq)
     return dq, dk, dv
 
 
@@ -220,24 +236,25 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves (q, k, v, out, lse); backward is the FA2 recompute scheme."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, geo, causal, scale, precision):
-        out, lse = _forward(q, k, v, cu_q, cu_k, geo, causal, scale, precision)
+    def forward(ctx, q, k, v, cu_q, cu_k, geo, causal, scale, precision, tiles):
+        out, lse = _forward(q, k, v, cu_q, cu_k, geo, causal, scale, precision, tiles)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-        ctx.meta = (geo, causal, scale, precision)
+        ctx.meta = (geo, causal, scale, precision, tiles)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-        geo, causal, scale, precision = ctx.meta
-        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, cu_q, cu_k, geo, causal, scale, precision)
-        return dq, dk, dv, None, None, None, None, None, None
+        geo, causal, scale, precision, tiles = ctx.meta
+        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, cu_q, cu_k, geo, causal, scale, precision, tiles)
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                     cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
                     precision: str = "bf16x3", softmax_scale: float | None = None,
-                    cu_seqlens_k: torch.Tensor | None = None, max_seqlen_k: int | None = None) -> torch.Tensor:
+                    cu_seqlens_k: torch.Tensor | None = None, max_seqlen_k: int | None = None,
+                    tiles: dict[str, TileConfig] | None = None) -> torch.Tensor:
     """Flash attention with fp32 softmax statistics and selectable dot precision; differentiable.
 
     Shapes: batched ``q [B, Sq, Hq, D]``, ``k, v [B, Sk, Hkv, D]`` -> ``[B, Sq, Hq, D]``; packed
@@ -252,6 +269,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             are fp32-accurate, ``bf16x3`` ~1e-5 relative). 16-bit inputs always use 16-bit dots.
         softmax_scale: defaults to ``head_dim ** -0.5``.
         cu_seqlens_k / max_seqlen_k: packed key lengths when they differ from the queries' (default: same).
+        tiles: ``{"fwd" | "dkdv" | "dq": TileConfig}`` launch configurations replacing the measured defaults of
+            :mod:`deepscaler.kernels.tiles` (for tuning; kernels not named keep their default).
     """
     if cu_seqlens is None and cu_seqlens_k is not None:
         raise ValueError("cu_seqlens_k was given without cu_seqlens; pass both for packed inputs")
@@ -264,4 +283,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     q, k, v = _contiguous_last(q), _contiguous_last(k), _contiguous_last(v)
     geo = _validate(q, k, v, causal, cu_q, cu_k, max_seqlen, max_seqlen_k, precision)
     scale = float(softmax_scale) if softmax_scale is not None else geo.head_dim ** -0.5
-    return FlashAttentionFunction.apply(q, k, v, cu_q, cu_k, geo, causal, scale, precision)
+    if tiles is not None:
+        unknown = set(tiles) - {"fwd", "dkdv", "dq"}
+        if unknown or not all(isinstance(t, TileConfig) for t in tiles.values()):
+            raise ValueError(f"tiles must map 'fwd', 'dkdv', 'dq' to deepscaler.kernels.tiles.TileConfig, got {tiles!r}")
+    return FlashAttentionFunction.apply(q, k, v, cu_q, cu_k, geo, causal, scale, precision, tiles)

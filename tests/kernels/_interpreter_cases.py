@@ -91,6 +91,17 @@ def causal_gqa_d32_bf16x3() -> dict:
 
 
 @case
+def causal_gqa_rectangular_tiles() -> dict:
+    """Tiles of unequal sides (as the GPU tile table uses) through the tiles= override: every masked edge of the
+    three kernels' loops and prologues, with 45 rows (no tile multiple)."""
+    from deepscaler.kernels.tiles import TileConfig
+
+    tiles = {"fwd": TileConfig(32, 16, 4, 1), "dkdv": TileConfig(16, 32, 4, 1), "dq": TileConfig(32, 16, 4, 1)}
+    return _fwd_bwd_errors(*_inputs((1, 45, 4, 32), (1, 45, 2, 32), seed=3), causal=True, precision="bf16x6",
+                           tiles=tiles)
+
+
+@case
 def decode_bottom_right_causal() -> dict:
     # 3 new queries against 29 cached keys: query i sees keys <= i + 26 (KV-cache decoding).
     return _fwd_bwd_errors(*_inputs((2, 3, 2, 32), (2, 29, 1, 32), seed=4), causal=True, precision="ieee")

@@ -20,6 +20,14 @@ import torch
 from deepscaler.kernels import ATTENTION_NAME, flash_attention, is_available
 from deepscaler.kernels.flash_attention import split_operand
 from deepscaler.kernels.hf_attention import cu_seqlens_from_position_ids, set_attention_precision
+from deepscaler.kernels.tiles import (
+    DEFAULT_TILES,
+    INTERPRETER_TILES,
+    KERNELS,
+    LARGE_HEAD_TILES,
+    TileConfig,
+    choose_tiles,
+)
 
 pytestmark = pytest.mark.numerics  # rerun by .ci/run under ATEN_CPU_CAPABILITY=avx2, one thread
 
@@ -30,7 +38,10 @@ FP32_TOL = 1e-6  # fp32-accurate modes vs float64 (measured ~1e-7 .. 3e-7)
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("flash_cases") / "cases.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    # The subprocess must import this checkout's deepscaler (not an installed copy elsewhere).
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(CASES_SCRIPT), "--out", str(out)], env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, f"interpreter cases crashed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -44,6 +55,7 @@ def _case(cases: dict, name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["causal_gqa_d32_ieee", "noncausal_mha_d64_ieee", "causal_gqa_d32_bf16x6",
+                                  "causal_gqa_rectangular_tiles",
                                   "decode_bottom_right_causal", "varlen_causal_mqa", "varlen_noncausal_gqa",
                                   "varlen_causal_longer_keys"])
 def test_fp32_accurate_forward_and_gradients(cases, name):
@@ -160,6 +172,37 @@ def test_cpu_tensors_without_interpreter_are_refused():
     q = torch.randn(1, 8, 2, 32)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         flash_attention(q, q, q)
+
+
+def test_tiles_override_is_validated():
+    q = torch.randn(1, 8, 2, 32)
+    with pytest.raises(ValueError, match="tiles must map 'fwd', 'dkdv', 'dq'"):
+        flash_attention(q, q, q, tiles={"forward": TileConfig(64, 32, 4, 2)})
+    with pytest.raises(ValueError, match="tiles must map"):
+        flash_attention(q, q, q, tiles={"fwd": (64, 32, 4, 2)})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# choose_tiles: every branch
+# ----------------------------------------------------------------------------------------------------------
+def test_choose_tiles_default_table_for_each_kernel_and_precision():
+    for kernel in KERNELS:
+        for precision in ("native", "ieee", "tf32x3", "bf16x6", "bf16x3"):
+            config, reason = choose_tiles(kernel, precision, 128)
+            assert config == DEFAULT_TILES[(kernel, precision)] and "head dim <= 128" in reason
+
+
+def test_choose_tiles_override_interpreter_and_large_heads():
+    mine = TileConfig(64, 64, 4, 3)
+    assert choose_tiles("dq", "bf16x3", 128, override={"dq": mine}) == (mine, "tiles= override")
+    assert choose_tiles("fwd", "bf16x3", 128, override={"dq": mine})[0] == DEFAULT_TILES[("fwd", "bf16x3")]
+    assert choose_tiles("fwd", "bf16x3", 128, interpreted=True)[0] == INTERPRETER_TILES
+    config, reason = choose_tiles("dkdv", "bf16x6", 256)
+    assert config == LARGE_HEAD_TILES["dkdv"] and "256 > 128" in reason
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        choose_tiles("bwd", "bf16x3", 128)
+    with pytest.raises(ValueError, match="no tile config"):
+        choose_tiles("fwd", "fp8", 128)
 
 
 def test_set_attention_precision_validates():

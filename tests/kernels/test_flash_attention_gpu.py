@@ -100,3 +100,23 @@ def test_tiny_qwen2_logits_match_eager_on_gpu(tmp_path):
     ids = torch.randint(8, 200, (4, 300), device="cuda")
     with torch.no_grad():
         assert float((ours(ids).logits - eager(ids).logits).abs().max()) < 1e-5
+
+
+def test_rectangular_tile_override_matches_float64():
+    """A launch configuration other than the defaults (tiles= override, as benchmarks/tile_sweep.py uses it)
+    computes the same function: bf16x6 at head dim 128, S=1000 (no tile multiple), every kernel overridden."""
+    from deepscaler.kernels.tiles import TileConfig
+
+    torch.manual_seed(3)
+    tiles = {"fwd": TileConfig(64, 32, 4, 2), "dkdv": TileConfig(16, 64, 4, 2), "dq": TileConfig(32, 32, 4, 2)}
+    q = torch.randn(1, 1000, 12, 128, device="cuda", requires_grad=True)
+    k, v = (torch.randn(1, 1000, 2, 128, device="cuda", requires_grad=True) for _ in range(2))
+    grad = torch.randn_like(q)
+    out = flash_attention(q, k, v, causal=True, precision="bf16x6", tiles=tiles)
+    out.backward(grad)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = _reference(q64, k64, v64, True)
+    ref.backward(grad.double())
+    assert _relerr(out, ref) < FWD_TOL["bf16x6"]
+    for ours, theirs in ((q, q64), (k, k64), (v, v64)):
+        assert _relerr(ours.grad, theirs.grad) < GRAD_TOL["bf16x6"]

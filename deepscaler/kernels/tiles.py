@@ -1,0 +1,91 @@
+"""Launch configurations (tiles, warps, pipeline stages) of the flash kernels: a measured table, no autotuning.
+
+Each kernel launches with one fixed :class:`TileConfig` per (kernel, precision, head-dim class), chosen by
+:func:`choose_tiles` with its reason. A fixed table instead of ``triton.autotune`` means one compilation per
+variant (the autotuner compiled and timed every candidate on the first call of every new shape key), and a
+launch that is the same on every run. ``benchmarks/attention_fp32.py --sweep`` times the candidates
+(:data:`SWEEP_CANDIDATES`) on a GPU and prints the best; ``DEFAULT_TILES`` holds what it measured.
+The one override: ``flash_attention(..., tiles={"fwd": TileConfig(...), ...})``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KERNELS: tuple[str, ...] = ("fwd", "dkdv", "dq")
+"""The three kernels: forward, backward over key tiles (dK/dV), backward over query tiles (dQ)."""
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration. fwd/dq: BLOCK_M query rows stay resident, BLOCK_N key rows stream; dkdv: BLOCK_N
+    key rows stay resident, BLOCK_M query rows stream."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def launch_kwargs(self) -> dict[str, int]:
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, num_warps=self.num_warps,
+                    num_stages=self.num_stages)
+
+    def __str__(self) -> str:
+        return f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
+
+
+def _t(m: int, n: int, w: int, s: int) -> TileConfig:
+    return TileConfig(m, n, w, s)
+
+
+# Head dim <= 128. Precision "native" = 16-bit inputs. Before a GPU measurement these were picked from the
+# sm90 ptxas report (benchmarks/attention_fp32.py --compile-report): the largest tiles without spills that fit
+# 227 KiB of shared memory.
+DEFAULT_TILES: dict[tuple[str, str], TileConfig] = {
+    ("fwd", "native"): _t(128, 64, 8, 2), ("fwd", "bf16x3"): _t(128, 64, 8, 2),
+    ("fwd", "bf16x6"): _t(128, 32, 8, 2), ("fwd", "tf32x3"): _t(128, 32, 8, 2), ("fwd", "ieee"): _t(128, 32, 8, 2),
+    ("dkdv", "native"): _t(32, 64, 4, 2), ("dkdv", "bf16x3"): _t(32, 64, 4, 2), ("dkdv", "bf16x6"): _t(32, 64, 4, 2),
+    ("dkdv", "tf32x3"): _t(32, 64, 4, 2), ("dkdv", "ieee"): _t(32, 64, 4, 2),
+    ("dq", "native"): _t(64, 32, 4, 2), ("dq", "bf16x3"): _t(64, 32, 4, 2), ("dq", "bf16x6"): _t(64, 32, 4, 2),
+    ("dq", "tf32x3"): _t(64, 32, 4, 2), ("dq", "ieee"): _t(64, 32, 4, 2),
+}
+DEFAULTS_SOURCE = "sm90 ptxas resource report (no GPU timing yet)"
+"""Where :data:`DEFAULT_TILES` come from (printed in the reason)."""
+
+# Head dim 129..256: registers and shared memory per row double, so the tiles halve.
+LARGE_HEAD_TILES: dict[str, TileConfig] = {"fwd": _t(64, 32, 4, 2), "dkdv": _t(16, 32, 4, 2), "dq": _t(32, 32, 4, 2)}
+# Triton's CPU interpreter: small fixed tiles keep tests on tiny shapes fast (no compilation there).
+INTERPRETER_TILES = _t(16, 16, 4, 1)
+
+SWEEP_CANDIDATES: dict[str, tuple[TileConfig, ...]] = {
+    "fwd": (_t(128, 128, 8, 2), _t(128, 64, 8, 2), _t(128, 64, 8, 3), _t(128, 64, 4, 2), _t(128, 32, 8, 2),
+            _t(128, 32, 4, 3), _t(64, 64, 4, 2), _t(64, 32, 4, 2)),
+    "dkdv": (_t(64, 128, 8, 2), _t(32, 128, 8, 2), _t(64, 64, 8, 2), _t(64, 64, 4, 2), _t(32, 64, 4, 2),
+             _t(16, 64, 4, 2), _t(32, 32, 4, 2), _t(16, 32, 4, 2)),
+    "dq": (_t(128, 64, 8, 2), _t(128, 32, 8, 2), _t(64, 64, 8, 2), _t(64, 64, 4, 2), _t(64, 32, 4, 2),
+           _t(64, 32, 4, 3), _t(32, 64, 4, 2), _t(32, 32, 4, 2)),
+}
+"""Candidates ``benchmarks/attention_fp32.py --sweep`` times per kernel and precision (head dim 128)."""
+
+
+def choose_tiles(kernel: str, precision: str, head_dim: int, interpreted: bool = False,
+                 override: dict[str, TileConfig] | None = None) -> tuple[TileConfig, str]:
+    """(tile config, reason) for one launch.
+
+    Args:
+        kernel: one of :data:`KERNELS`. precision: the kernel's PRECISION constexpr ("native" for 16-bit inputs).
+        head_dim: the model's head dim (<= 256). interpreted: Triton's CPU interpreter is running.
+        override: ``{kernel: TileConfig}`` from ``flash_attention(tiles=...)``; wins when it names ``kernel``.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if override and kernel in override:
+        return override[kernel], "tiles= override"
+    if interpreted:
+        return INTERPRETER_TILES, "Triton CPU interpreter: small fixed tiles"
+    if head_dim > 128:
+        return LARGE_HEAD_TILES[kernel], f"head dim {head_dim} > 128: halved tiles"
+    key = (kernel, precision)
+    if key not in DEFAULT_TILES:
+        raise ValueError(f"no tile config for kernel {kernel!r} and precision {precision!r}")
+    return DEFAULT_TILES[key], f"{DEFAULTS_SOURCE}, head dim <= 128"
