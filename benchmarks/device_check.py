@@ -9,7 +9,7 @@ rehearsal checks that the script and its imports work).
 
 Parts: (1) ``pytest tests/kernels/test_flash_attention_gpu.py`` (run beside (2a), which only compiles);
 (2) ``benchmarks/tile_sweep.py`` at S = 8K; (3) ``benchmarks/attention_fp32.py`` at S = 8K and 2K with the sweep's
-best tiles; (4) ``benchmarks/policy_update.py``; (5) ``python -m deepscaler doctor``. Goals are evaluated from
+best tiles; (4) ``python -m deepscaler doctor``; (5) ``benchmarks/policy_update.py``. Goals are evaluated from
 the measured numbers only (``goals`` in the JSON).
 """
 
@@ -166,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         tiles = ["--tiles-json", str(sweep_json)] if sweep_json.exists() else []
         check.run("attention", [py, "benchmarks/attention_fp32.py", "--seqlens", "8192", "2048", *tiles,
                                 "--time-budget", str(LIMITS["attention"] - 30), "--out", str(attn_json)], attn_json)
-    if gpu and "policy" in args.parts:
-        check.run("policy", [py, "benchmarks/policy_update.py", "--out", str(policy_json)], policy_json)
     if "doctor" in args.parts:  # runs on CPU too (the rehearsal checks it imports and reports)
         cmd = [py, "-m", "deepscaler", "doctor", "--json", str(doctor_json)] + ([] if gpu else ["--no-self-check"])
         check.run("doctor", cmd, doctor_json)
+    if gpu and "policy" in args.parts:
+        check.run("policy", [py, "benchmarks/policy_update.py", "--out", str(policy_json)], policy_json)
     check.write()
     check.say(f"wrote {check.out / 'device_check.json'} and device_check.md in {check.report['elapsed_s']} s")
     print(markdown(check.report))
