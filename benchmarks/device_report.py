@@ -77,7 +77,7 @@ def evaluate_goals(report: dict) -> list[dict]:
              (best is not None and best[key] >= target) if measured else None,
              best["path"] if best else ("no row within the error bound" if measured else ""))
     policy = _result(report, "policy")
-    ours = next((r for r in policy.get("results", []) if r.get("kind") == "deepscaler"
+    ours = next((r for r in policy.get("results", []) if r.get("kind") == "deepscaler" and not r.get("variant")
                  and r.get("policy") == "bf16-mixed" and "error" not in r), None)
     ratios = policy.get("ratios", {})
     mfu = ours and ours.get("mfu")
@@ -152,7 +152,8 @@ def markdown(report: dict) -> str:
             if "error" in r:
                 lines.append(f"| {r['kind']} | {r.get('policy')} | error: {r['error'][:100]} | | | | | | |")
                 continue
-            lines.append(f"| {r['kind']} | {r['policy']} | {r['attention']} | {_f(r['median_step_s'], '.3f')} | "
+            kind = r["kind"] + (f" ({r['variant']})" if r.get("variant") else "")
+            lines.append(f"| {kind} | {r['policy']} | {r['attention']} | {_f(r['median_step_s'], '.3f')} | "
                          f"{_f(r['tokens_per_s'], '.0f')} | {_f(r['achieved_tflops'])} | "
                          f"{_f(100 * r['mfu'] if r.get('mfu') is not None else None)} | "
                          f"{_f((r['peak_bytes'] or 0) / 2**30)} | "

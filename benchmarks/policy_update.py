@@ -46,10 +46,19 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
                "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}}
 
 
+VARIANTS = {
+    "tf32-head": "TF32 allowed during the update: only the fp32 LM head matmuls change (the body runs in bf16)",
+    "head-chunk-1024": "token_logprobs with 1024 response tokens per LM-head chunk instead of 4096",
+}
+"""What-if rows: deepscaler's bf16-mixed update with one thing changed, to size where its time and memory go."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policies", nargs="+", default=["bf16-mixed", "fp32-fast"])
     parser.add_argument("--plain", nargs="*", default=["bf16-mixed"], help="policies of the plain loop")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                        help="what-if rows of deepscaler bf16-mixed (see VARIANTS)")
     parser.add_argument("--sequences", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--prompt-len", type=int, default=256)
@@ -121,16 +130,25 @@ def make_batch(args, vocab: int, seed: int = 0):
     return prompts, responses, old_logprobs, advantages
 
 
-def deepscaler_update(args, config, policy_name: str, device: torch.device) -> dict:
+def deepscaler_update(args, config, policy_name: str, device: torch.device, variant: str | None = None) -> dict:
     """Time deepscaler's update_policy on the batch (one mini-batch = one optimizer step)."""
+    import functools
+    import importlib
+
     from deepscaler.precision import get_policy, probe_environment, resolve_attention
     from deepscaler.precision.loading import ensure_backend_registered
     from deepscaler.training.config import load_config
     from deepscaler.training.phases import Rollouts, resolve_layout, update_policy
     from deepscaler.training.schedule import build_optimizer
 
+    phases = importlib.import_module("deepscaler.training.phases")  # the module, to patch a variant in
     policy = get_policy(policy_name)
     policy.apply_matmul_flags()
+    original_logprobs = phases.token_logprobs
+    if variant == "tf32-head":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    elif variant == "head-chunk-1024":
+        phases.token_logprobs = functools.partial(original_logprobs, chunk_size=1024)
     decision = resolve_attention("trainer", config, policy, env=probe_environment())
     ensure_backend_registered(decision.backend)
     model = build_model(config, policy, device, decision.backend)
@@ -152,8 +170,12 @@ def deepscaler_update(args, config, policy_name: str, device: torch.device) -> d
     def step():
         return update_policy(run, batch, advantages, old_logprobs, None, rows)
 
-    result = _time_updates(step, args.steps, device)
-    result.update(attention=decision.backend, attention_reason=decision.reason, layout=layout,
+    try:
+        result = _time_updates(step, args.steps, device)
+    finally:
+        phases.token_logprobs = original_logprobs
+        policy.apply_matmul_flags()
+    result.update(variant=variant, attention=decision.backend, attention_reason=decision.reason, layout=layout,
                   layout_reason=layout_reason, micro_batch_tokens=cfg.algorithm.max_tokens_per_micro_batch,
                   kl="off (no reference model in this benchmark; the KL term is elementwise)")
     return _finish(result, model, optimizer, config, policy, args, plain=False)
@@ -265,14 +287,18 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/policy_update.py: no CUDA GPU; rehearse with --tiny --device cpu")
         return 0
     config = model_config(args.tiny)
-    runs = [("deepscaler", p) for p in args.policies] + [("plain", p) for p in args.plain]
+    runs = ([("deepscaler", p, None) for p in args.policies] + [("plain", p, None) for p in args.plain]
+            + [("deepscaler", "bf16-mixed", v) for v in args.variants])
     results = []
-    for kind, policy in runs:
+    for kind, policy, variant in runs:
         try:
-            fn = deepscaler_update if kind == "deepscaler" else plain_update
-            row = {"kind": kind, **fn(args, config, policy, device)}
+            if kind == "deepscaler":
+                row = {"kind": kind, **deepscaler_update(args, config, policy, device, variant)}
+            else:
+                row = {"kind": kind, **plain_update(args, config, policy, device)}
         except Exception as exc:  # noqa: BLE001 - one failing side must not lose the others' figures
-            row = {"kind": kind, "policy": policy, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            row = {"kind": kind, "policy": policy, "variant": variant,
+                   "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -287,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 def ratios(results: list[dict]) -> dict[str, float]:
     """deepscaler vs plain at the same policy: tokens/s and peak memory ratios."""
     out = {}
-    for ours in (r for r in results if r["kind"] == "deepscaler" and "error" not in r):
+    for ours in (r for r in results if r["kind"] == "deepscaler" and "error" not in r and not r.get("variant")):
         plain = next((r for r in results if r["kind"] == "plain" and r.get("policy") == ours["policy"]
                       and "error" not in r), None)
         if plain:
@@ -302,7 +328,8 @@ def format_row(row: dict) -> str:
         return f"{row['kind']:<10} {row['policy']:<10} ERROR {row['error']}"
     gib = (row["peak_bytes"] or 0) / 2**30
     mfu = f"{100 * row['mfu']:.1f} %" if row["mfu"] is not None else "-"
-    return (f"{row['kind']:<10} {row['policy']:<10} {row['attention']:<16} {row['median_step_s']:.3f} s/update "
+    kind = row["kind"] + (f" ({row['variant']})" if row.get("variant") else "")
+    return (f"{kind:<10} {row['policy']:<10} {row['attention']:<16} {row['median_step_s']:.3f} s/update "
             f"{row['tokens_per_s']:9.0f} tok/s  {row['achieved_tflops']:6.1f} TFLOP/s  MFU {mfu}  peak {gib:.1f} GiB "
             f"(predicted {row['predicted_peak_bytes']['total'] / 2**30:.1f} GiB)")
 

@@ -77,6 +77,7 @@ def collect_report(model: str | None = None, presets: list[str] | None = None, r
         resolve_attention,
         self_check,
     )
+    from deepscaler.precision.loading import ensure_backend_registered
 
     env = env or probe_environment()
     environ = dict(os.environ) if environ is None else environ
@@ -112,6 +113,9 @@ def collect_report(model: str | None = None, presets: list[str] | None = None, r
                 entry[engine] = {"backend": None, "reason": f"ERROR: {exc}", "rejected": [], "notes": []}
         trainer_backend = entry["trainer"]["backend"]
         if run_self_check and trainer_backend and env.device_type in ("cuda", "cpu"):
+            # the check calls the backend through transformers' AttentionInterface: our kernel registers there
+            # on first use (as load_causal_lm does when training picks it)
+            ensure_backend_registered(trainer_backend)
             result = self_check(trainer_backend, policy, geometry.head_dim, geometry.num_heads,
                                 geometry.num_kv_heads, device=device, seq_len=seq_len)
             entry["self_check"] = {"passed": result.passed, "summary": result.summary(),
