@@ -38,19 +38,22 @@ def _t(m: int, n: int, w: int, s: int) -> TileConfig:
     return TileConfig(m, n, w, s)
 
 
-# Head dim <= 128. Precision "native" = 16-bit inputs. Before a GPU measurement these were picked from the
-# sm90 ptxas report (benchmarks/attention_fp32.py --compile-report): the largest tiles without spills that fit
-# 227 KiB of shared memory.
+# Head dim <= 128. Precision "native" = 16-bit inputs. Timed with benchmarks/tile_sweep.py on one H200 (triton 3.6,
+# causal, S = 8K, 12 q / 2 kv heads, 2026-12-04): the fastest candidate of each (kernel, precision), except
+# native fwd, where 128x128 was 10 % faster at 8K but 40 % slower at 2K than 128x64, which is kept. tf32x3 was
+# not swept (triton's own decomposition; 34 TFLOP/s forward at 8K with these): its tiles and ieee's dq come from
+# the sm90 ptxas report (largest tiles that fit 227 KiB of shared memory without spills).
 DEFAULT_TILES: dict[tuple[str, str], TileConfig] = {
     ("fwd", "native"): _t(128, 64, 8, 2), ("fwd", "bf16x3"): _t(128, 64, 8, 2),
-    ("fwd", "bf16x6"): _t(128, 32, 8, 2), ("fwd", "tf32x3"): _t(128, 32, 8, 2), ("fwd", "ieee"): _t(128, 32, 8, 2),
-    ("dkdv", "native"): _t(32, 64, 4, 2), ("dkdv", "bf16x3"): _t(32, 64, 4, 2), ("dkdv", "bf16x6"): _t(32, 64, 4, 2),
-    ("dkdv", "tf32x3"): _t(32, 64, 4, 2), ("dkdv", "ieee"): _t(32, 64, 4, 2),
-    ("dq", "native"): _t(64, 32, 4, 2), ("dq", "bf16x3"): _t(64, 32, 4, 2), ("dq", "bf16x6"): _t(64, 32, 4, 2),
+    ("fwd", "bf16x6"): _t(128, 32, 8, 2), ("fwd", "tf32x3"): _t(128, 32, 8, 2), ("fwd", "ieee"): _t(64, 32, 4, 2),
+    ("dkdv", "native"): _t(64, 64, 8, 2), ("dkdv", "bf16x3"): _t(32, 64, 4, 2), ("dkdv", "bf16x6"): _t(32, 64, 4, 2),
+    ("dkdv", "tf32x3"): _t(32, 64, 4, 2), ("dkdv", "ieee"): _t(64, 64, 8, 2),
+    ("dq", "native"): _t(64, 64, 4, 2), ("dq", "bf16x3"): _t(64, 64, 4, 2), ("dq", "bf16x6"): _t(64, 32, 4, 2),
     ("dq", "tf32x3"): _t(64, 32, 4, 2), ("dq", "ieee"): _t(64, 32, 4, 2),
 }
-DEFAULTS_SOURCE = "sm90 ptxas resource report (no GPU timing yet)"
-"""Where :data:`DEFAULT_TILES` come from (printed in the reason)."""
+MEASURED: frozenset[tuple[str, str]] = frozenset(
+    {(k, p) for k in ("fwd", "dkdv", "dq") for p in ("native", "bf16x3", "bf16x6")} | {("fwd", "ieee"), ("dkdv", "ieee")})
+"""Entries of :data:`DEFAULT_TILES` chosen from GPU timings (the others from the compiler's resource report)."""
 
 # Head dim 129..256: registers and shared memory per row double, so the tiles halve.
 LARGE_HEAD_TILES: dict[str, TileConfig] = {"fwd": _t(64, 32, 4, 2), "dkdv": _t(16, 32, 4, 2), "dq": _t(32, 32, 4, 2)}
@@ -86,4 +89,6 @@ def choose_tiles(kernel: str, precision: str, head_dim: int, interpreted: bool =
     key = (kernel, precision)
     if key not in DEFAULT_TILES:
         raise ValueError(f"no tile config for kernel {kernel!r} and precision {precision!r}")
-    return DEFAULT_TILES[key], f"{DEFAULTS_SOURCE}, head dim <= 128"
+    source = ("chosen from tile-sweep timings on an H200 (S = 8K)" if key in MEASURED
+              else "largest sm90 tiles without spills (not timed)")
+    return DEFAULT_TILES[key], f"{source}, head dim <= 128"
