@@ -5,7 +5,7 @@ Both sides update the same randomly initialised model (28 layers, hidden 1536, 1
 1792 response each), with AdamW and gradient checkpointing as the DeepScaleR recipe sets them, in one
 optimizer step per update:
 
-* ``deepscaler <policy>``: ``deepscaler.training.phases.update_policy``, the function the trainer calls (its
+* ``deepscaler <policy>``: ``deepscaler.training.update.update_policy``, the function the trainer calls (its
   micro-batching, the LM head in fp32 chunks over response tokens only, the GRPO loss), with the attention
   implementation the resolver picks for the policy;
 * ``plain <policy>``: what TRL's GRPO update runs: ``model(input_ids, logits_to_keep=...)``, temperature,
@@ -138,17 +138,20 @@ def deepscaler_update(args, config, policy_name: str, device: torch.device, vari
     from deepscaler.precision import get_policy, probe_environment, resolve_attention
     from deepscaler.precision.loading import ensure_backend_registered
     from deepscaler.training.config import load_config
-    from deepscaler.training.phases import Rollouts, resolve_layout, update_policy
+    from deepscaler.training.distributed import SINGLE_PROCESS
+    from deepscaler.training.micro_batches import MicroBatcher, resolve_layout
+    from deepscaler.training.packing import packed_attention_for
+    from deepscaler.training.rollouts import Rollouts
     from deepscaler.training.schedule import build_optimizer
 
-    phases = importlib.import_module("deepscaler.training.phases")  # the module, to patch a variant in
+    update = importlib.import_module("deepscaler.training.update")  # the module, to patch a variant in
     policy = get_policy(policy_name)
     policy.apply_matmul_flags()
-    original_logprobs = phases.token_logprobs
+    original_logprobs = update.token_logprobs
     if variant == "tf32-head":
         torch.backends.cuda.matmul.allow_tf32 = True
     elif variant == "head-chunk-1024":
-        phases.token_logprobs = functools.partial(original_logprobs, chunk_size=1024)
+        update.token_logprobs = functools.partial(original_logprobs, chunk_size=1024)
     decision = resolve_attention("trainer", config, policy, env=probe_environment())
     ensure_backend_registered(decision.backend)
     model = build_model(config, policy, device, decision.backend)
@@ -156,11 +159,13 @@ def deepscaler_update(args, config, policy_name: str, device: torch.device, vari
     cfg.data.train_batch_size = cfg.algorithm.ppo_mini_batch_size = args.sequences
     cfg.algorithm.ppo_epochs = 1
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    layout, layout_reason = resolve_layout(model, cfg.algorithm.sequence_layout)
-    run = SimpleNamespace(config=cfg, setup=SimpleNamespace(policy=policy, device=device), model=model,
-                          ref_model=None, tokenizer=SimpleNamespace(pad_token_id=0), optimizer=optimizer,
-                          scaler=torch.amp.GradScaler(device.type, enabled=policy.loss_scaling),
-                          dist=_single_process(), layout=layout)
+    layout, layout_reason = resolve_layout(decision.backend, cfg.algorithm.sequence_layout)
+    packed_attention, _ = packed_attention_for(decision.backend)
+    run = SimpleNamespace(
+        config=cfg, decisions=SimpleNamespace(policy=policy, device=device, packed_attention=packed_attention),
+        model=model, ref_model=None, optimizer=optimizer, dist=SINGLE_PROCESS,
+        scaler=torch.amp.GradScaler(device.type, enabled=policy.loss_scaling),
+        batcher=MicroBatcher(layout, cfg.algorithm.max_tokens_per_micro_batch, pad_token_id=0, device=device))
     prompts, responses, old_logprobs, advantages = make_batch(args, config.vocab_size)
     batch = Rollouts(problems=[None] * len(prompts), group_ids=list(range(len(prompts))), prompt_ids=prompts,
                      response_ids=responses, rollout_logprobs=None, texts=[""] * len(prompts),
@@ -168,12 +173,12 @@ def deepscaler_update(args, config, policy_name: str, device: torch.device, vari
     rows = [True] * len(prompts)
 
     def step():
-        return update_policy(run, batch, advantages, old_logprobs, None, rows)
+        return update.update_policy(run, batch, advantages, old_logprobs, None, rows)
 
     try:
         result = _time_updates(step, args.steps, device)
     finally:
-        phases.token_logprobs = original_logprobs
+        update.token_logprobs = original_logprobs
         policy.apply_matmul_flags()
     result.update(variant=variant, attention=decision.backend, attention_reason=decision.reason, layout=layout,
                   layout_reason=layout_reason, micro_batch_tokens=cfg.algorithm.max_tokens_per_micro_batch,
@@ -225,12 +230,6 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
         row_logps = torch.nn.functional.log_softmax(row_logits, dim=-1)
         rows.append(row_logps.gather(dim=-1, index=row_labels.unsqueeze(-1)).squeeze(-1))
     return torch.stack(rows)
-
-
-def _single_process():
-    from deepscaler.training.distributed import SINGLE_PROCESS
-
-    return SINGLE_PROCESS
 
 
 def _sync(device: torch.device) -> None:
