@@ -135,11 +135,11 @@ def _mma(a0, a1, a2, b0, b1, b2, acc, PRECISION: tl.constexpr):
 def _mma_into(a0, a1, a2, b0, b1, b2, acc, PRECISION: tl.constexpr):
     """``acc + a @ b`` for a long-lived accumulator (the output, dK, dV, dQ), which sums thousands of tiles.
 
-    Tensor cores accumulate with truncation, so chaining every tile's split product into one accumulator biases
-    the sum: bf16x6 reached 1.4e-5 relative error at S = 8K on an H200 (and dK 5.9e-5 at 2K) instead of ~1e-7.
-    So the split modes multiply each tile into a fresh zero accumulator and add it in fp32 (round to nearest),
-    as triton's own tf32x3 decomposition does; the other modes accumulate in place (16-bit inputs as
-    FlashAttention does: their error is the inputs' rounding)."""
+    Tensor cores accumulate with truncation (Fasi et al., "Numerical behavior of NVIDIA tensor cores", PeerJ
+    Comput. Sci. 2021), so chaining every tile's split product into one accumulator biases the sum: bf16x6
+    reached 1.4e-5 relative error at S = 8K on an H200 (and dK 5.9e-5 at 2K) instead of ~1e-7. So the split
+    modes multiply each tile into a fresh zero accumulator and add it in fp32 (round to nearest); the other
+    modes accumulate in place (16-bit inputs as FlashAttention does: their error is the inputs' rounding)."""
     if PRECISION == "bf16x3" or PRECISION == "bf16x6":
         return acc + _mma(a0, a1, a2, b0, b1, b2, tl.zeros(acc.shape, dtype=tl.float32), PRECISION)
     else:
