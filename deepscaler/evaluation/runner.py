@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from deepscaler.data import encode_prompts, load_problems, resolve_think_prefill
 from deepscaler.data.loading import announce
+from deepscaler.evaluation.config import EvalConfig
 from deepscaler.evaluation.report import (
     AVERAGE,
     average_row,
@@ -31,92 +32,6 @@ from deepscaler.evaluation.responses import ResponseStore
 # Settings that change the samples: a resumed run must use the same ones.
 _SAMPLE_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "max_prompt_length",
                     "think_prefill")
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate and how; the defaults are DeepScaleR's evaluation protocol."""
-
-    model: str
-    """Hugging Face Hub id or local folder of the model (also the tokenizer)."""
-    datasets: list[str] = field(default_factory=lambda: ["aime"])
-    """Dataset names (aime, amc, math, minerva, olympiad_bench), .json/.jsonl/.parquet files, saved dataset
-    folders or Hub ids."""
-    output_dir: str | None = None
-    """Where results.json, results.md, settings.json and <dataset>/responses.jsonl go; None keeps nothing
-    on disk (and cannot resume)."""
-    n: int = 16
-    """Samples per problem."""
-    temperature: float = 0.6
-    """Sampling temperature."""
-    top_p: float = 0.95
-    """Nucleus sampling mass."""
-    top_k: int = -1
-    """Top-k cut-off; -1 disables it."""
-    max_tokens: int = 32768
-    """Longest response in tokens (also capped by max_model_len)."""
-    max_prompt_length: int = 1536
-    """Prompts longer than this many tokens (after the chat template) are dropped, with a printed count."""
-    max_model_len: int | None = None
-    """Engine context length; None: max_prompt_length + max_tokens, capped at the model's
-    max_position_embeddings (with a printed note)."""
-    data_dir: str | None = None
-    """Folder with test/ and train/ problem files; None: env DEEPSCALER_DATA_DIR, ../shared/data/deepscaler,
-    or ~/deepscaler/data."""
-    split: str = "test"
-    """Which split named datasets are read from."""
-    max_problems: int | None = None
-    """Only the first N problems of each dataset (smoke runs)."""
-    problem_key: str | None = None
-    """Column holding the problem text; None auto-detects (problem, question, prompt, …)."""
-    answer_key: str | None = None
-    """Column holding the gold answer; None auto-detects (answer, final_answer, …, boxed solution)."""
-    skip_malformed: bool = False
-    """Drop rows without a usable problem/answer (counted) instead of stopping with an error."""
-    dtype: str = "auto"
-    """Engine dtype (float32, bfloat16, float16, auto)."""
-    precision: str = "auto"
-    """Precision preset for the engine (bf16-mixed, fp16-mixed, fp32, fp32-fast, auto)."""
-    attention_backend: str = "auto"
-    """vLLM attention backend, or auto (resolved and explained by deepscaler.precision)."""
-    gpu_memory_utilization: float | None = None
-    """Fraction of device memory for vLLM; None: 0.9 with a CUDA GPU, 0.1 on CPU (see deepscaler.rollout.memory)."""
-    kv_cache_memory_bytes: int | None = None
-    """Explicit vLLM KV-cache size in bytes; None: vLLM sizes it from the fraction on a GPU, and on CPU it is
-    computed from the model and max_model_len (deepscaler.rollout.memory)."""
-    tensor_parallel_size: int = 1
-    """Tensor-parallel degree of the engine."""
-    seed: int = 0
-    """Engine and sampling seed: the same seed, model and settings give the same samples. Each problem samples
-    with ``problem_seed(seed, problem.id, n)``, so its samples do not depend on chunking or resuming."""
-    chunk_size: int = 64
-    """Problems per generate call; each finished chunk is scored and saved before the next."""
-    think_prefill: str = "auto"
-    """Does the chat template open <think> in the prompt? auto (detect), yes or no; decides the reward's
-    parsing (prompt_opens_think)."""
-    reward: Any = None
-    """A deepscaler.rewards.RewardConfig, or None for its defaults."""
-    reward_workers: int | None = None
-    """Processes for scoring; None lets the reward module choose."""
-    resume: bool = True
-    """Skip problems already in responses.jsonl; False deletes earlier responses first."""
-    progress: bool = True
-    """Show a progress bar (problems, tokens/s)."""
-    print_table: bool = True
-    """Print the results table when done."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.datasets, str):
-            self.datasets = [self.datasets]
-        checks = [(self.n >= 1, "n must be >= 1 (--n)"), (self.max_tokens >= 1, "max_tokens must be >= 1"),
-                  (self.max_prompt_length >= 1, "max_prompt_length must be >= 1"),
-                  (self.chunk_size >= 1, "chunk_size must be >= 1"), (bool(self.datasets), "datasets is empty"),
-                  (self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p in (0, 1]"),
-                  (self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0,
-                   "kv_cache_memory_bytes must be > 0 (--kv-cache-memory-bytes), or None for automatic")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"EvalConfig: {message}")
 
 
 def dataset_label(spec: str) -> str:
@@ -254,7 +169,7 @@ def evaluate(config: EvalConfig, engine: Any = None) -> dict[str, dict[str, Any]
         prompt_limit = min(prompt_limit, engines.max_model_len - 1)  # vLLM needs room for one new token
     sampling = SamplingSettings(n=config.n, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                                 max_tokens=config.max_tokens, seed=config.seed, logprobs=False)
-    correct_reward = getattr(config.reward, "correct_reward", 1.0)
+    correct_reward = config.reward.correct_reward
     results: dict[str, dict[str, Any]] = {}
     try:
         for spec in config.datasets:
@@ -328,8 +243,7 @@ def _generate_and_score(todo: list, engines: _LazyEngine, sampling: Any, config:
             generate_seconds += time.perf_counter() - began
             texts = [c.text for group in groups for c in group]
             golds = [problem.answers for problem, _ in chunk for _ in range(config.n)]
-            scores = score_responses(texts, golds, config.reward, prompt_opens_think=prompt_opens_think,
-                                     num_workers=config.reward_workers)
+            scores = score_responses(texts, golds, config.reward, prompt_opens_think=prompt_opens_think)
             for index, ((problem, prompt_ids), group) in enumerate(zip(chunk, groups, strict=True)):
                 record = {
                     "id": problem.id,

@@ -8,6 +8,7 @@ import pytest
 
 from deepscaler.evaluation import EvalConfig, evaluate, pass_at_k
 from deepscaler.models.tiny import build_tiny_tokenizer
+from deepscaler.rewards import RewardConfig
 from deepscaler.rollout import Completion
 
 # problem text → (gold, how many of the n samples answer correctly)
@@ -53,7 +54,7 @@ def dataset(tmp_path):
 
 def _config(dataset, out, **overrides):
     settings = dict(model="scripted", datasets=[str(dataset)], output_dir=str(out) if out else None, n=N, max_tokens=64,
-                    chunk_size=2, reward_workers=1, progress=False, print_table=False)
+                    chunk_size=2, reward=RewardConfig(num_workers=1), progress=False, print_table=False)
     settings.update(overrides)
     return EvalConfig(**settings)
 
@@ -169,7 +170,8 @@ def test_cli_defaults_are_deepscalers_protocol():
     config = eval_cli.config_from_args(parser.parse_args(["eval", "--model", "m"]))
     assert (config.n, config.temperature, config.top_p, config.top_k) == (16, 0.6, 0.95, -1)
     assert (config.max_tokens, config.max_prompt_length, config.think_prefill) == (32768, 1536, "auto")
-    assert config.reward is None and config.resume
+    assert config.reward == RewardConfig() and config.resume
+    assert config.datasets == ["aime", "amc", "math", "minerva", "olympiad_bench"]  # DeepScaleR's five
     config = eval_cli.config_from_args(parser.parse_args(
         ["eval", "--model", "m", "--datasets", "aime", "amc", "--think-format", "strict", "--think-prefill", "yes",
          "--no-resume", "--max-model-len", "4096", "--kv-cache-memory-bytes", "134217728"]))
@@ -178,6 +180,33 @@ def test_cli_defaults_are_deepscalers_protocol():
     assert config.kv_cache_memory_bytes == 134217728
     with pytest.raises(ValueError, match="n must be >= 1"):
         EvalConfig(model="m", n=0)
+
+
+def test_eval_is_configured_like_train(tmp_path):
+    import argparse
+
+    from deepscaler.cli import eval as eval_cli
+    from deepscaler.config import ConfigError
+    from deepscaler.evaluation.config import list_eval_presets, load_eval_config
+
+    parser = argparse.ArgumentParser()
+    eval_cli.register(parser.add_subparsers())
+    config = eval_cli.config_from_args(parser.parse_args(
+        ["eval", "--config", "smoke", "model=m", "n=3", "reward.grader=deepscaler", "--max-problems", "2"]))
+    assert (config.model, config.n, config.max_problems, config.datasets) == ("m", 3, 2, ["aime", "math"])
+    assert config.reward.grader == "deepscaler" and {"deepscaler", "smoke"} <= set(list_eval_presets())
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: m\ndatasets: [amc]\nreward:\n  think_format: strict\n")
+    config = load_eval_config(str(path), ["top_p=0.9"])
+    assert (config.datasets, config.top_p, config.reward.think_format) == (["amc"], 0.9, "strict")
+    with pytest.raises(ConfigError, match="unknown config key 'temprature'.*temperature"):
+        load_eval_config(None, ["model=m", "temprature=0.5"])
+    with pytest.raises(ConfigError, match="model is empty"):
+        load_eval_config(None, [])
+    with pytest.raises(ConfigError, match="moved to reward.num_workers"):
+        load_eval_config(None, ["model=m", "reward_workers=2"])
+    with pytest.raises(ConfigError, match="n must be >= 1"):
+        load_eval_config(None, ["model=m", "n=0"])
 
 
 def test_max_model_len_and_memory_choices_each_branch(tiny_model_dir, monkeypatch):

@@ -12,6 +12,7 @@ pytest.importorskip("vllm")
 
 from deepscaler.evaluation import EvalConfig, evaluate  # noqa: E402
 from deepscaler.evaluation.runner import problem_seed  # noqa: E402
+from deepscaler.rewards import RewardConfig  # noqa: E402
 from deepscaler.rollout import RolloutEngine  # noqa: E402
 
 PROBLEMS = [("Add 1 and 1.", "2"), ("Add 2 and 2.", "4"), ("Add 3 and 3.", "6"), ("Add 4 and 4.", "8"),
@@ -46,7 +47,8 @@ def dataset(tmp_path):
 def _run(engine, dataset, out, **overrides) -> tuple[dict, list[int]]:
     """Evaluate; returns the saved records by id and the prompts per generate call."""
     settings = dict(model="tiny", datasets=[str(dataset)], output_dir=str(out), n=2, temperature=1.0, top_p=1.0,
-                    max_tokens=8, seed=3, chunk_size=64, reward_workers=1, progress=False, print_table=False)
+                    max_tokens=8, seed=3, chunk_size=64, reward=RewardConfig(num_workers=1), progress=False,
+                    print_table=False)
     settings.update(overrides)
     recording = RecordingEngine(engine)
     evaluate(EvalConfig(**settings), engine=recording)
