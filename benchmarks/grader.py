@@ -1,11 +1,11 @@
 """Grader accuracy and speed: ours vs math-verify alone vs DeepScaleR's rules, measured side by side.
 
 1. Accuracy on the labelled set ``benchmarks/data/grader_cases.jsonl`` (labels follow
-   grading_anchors.md §5; bare answers and full responses), with false negatives / positives and the
+   the conventions of deepscaler.rewards.normalize; bare answers and full responses), with false negatives / positives and the
    accuracy per category.
 2. Answers/s in this one process, caches cleared before each timed pass:
    * on the labelled set;
-   * on a realistic mix built from ``/work/shared/data/deepscaler/test`` (MATH-500 and AIME 2024): full
+   * on a realistic mix built from the ``test/`` split of the data folder (``deepscaler.data.resolve_data_dir``) (MATH-500 and AIME 2024): full
      ``<think>…</think>`` responses whose thinking holds a stray boxed guess and whose final ``\\boxed{}``
      holds the problem's gold (half) or another problem's gold (half). Skipped cleanly without the data.
 3. The same mix through ``score_responses`` (process pool), for reference.
@@ -23,11 +23,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from deepscaler.data import resolve_data_dir
 from deepscaler.rewards import RewardConfig, is_equivalent, math_reward, score_responses
 from deepscaler.rewards.config import GRADER_NAMES
 
 CASES = Path(__file__).parent / "data" / "grader_cases.jsonl"
-DATA_DIR = Path("/work/shared/data/deepscaler/test")
+DATA_DIR = resolve_data_dir()[0] / "test"
 LABELS = {"default": "ours (default)", "math_verify": "math-verify alone", "deepscaler": "DeepScaleR rules"}
 
 

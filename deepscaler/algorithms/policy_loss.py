@@ -7,7 +7,7 @@ Invariance: the normalisers of every aggregation mode (token count, sequence cou
 those of the **whole mini-batch** (all micro-batches, all data-parallel ranks), passed in as a
 :class:`LossNormalizer`. Each micro-batch's loss is then its exact share of the mini-batch loss, so summing
 gradients over micro-batches (gradient accumulation) gives the same gradient however the mini-batch is split
-or packed. verl 0.1 instead took a per-micro-batch token mean and summed those (DeepScaleR spec §4.3, rllm#67),
+or packed. verl 0.1 instead took a per-micro-batch token mean and summed those (agentica-project/rllm#67),
 which makes the effective learning rate depend on the token budget.
 """
 

@@ -6,8 +6,8 @@ causal: position ids for flash-style kernels, a materialised mask for eager/sdpa
 computed in float64 from the *same rounded inputs*, so the error measures the kernel and its output rounding,
 not input quantisation.
 
-Tolerances (relative Frobenius error ||out - ref|| / ||ref||), per precision class, with the measured H100
-figures from the reference notes (anchors §5.3) they are set against:
+Tolerances (relative Frobenius error ||out - ref|| / ||ref||), per precision class, with the published H100
+measurements they are set against:
 - fp32 1e-5: exact kernels measure 2e-7..5.5e-7 (SDPA EFFICIENT 5.4e-7, split-precision Triton bf16x6 2.1e-7);
   1e-5 still admits a bf16x3 kernel (5.5e-6) but fails anything that rounds through TF32 (1.3e-3).
 - tf32 5e-3: TF32 attention measures 1.3e-3 (flex/Triton tf32), MATH+TF32 3.9e-4; about 4x headroom.

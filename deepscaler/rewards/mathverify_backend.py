@@ -4,7 +4,7 @@ math-verify is imported lazily (it pulls SymPy and ANTLR, ~0.4 s), its own ``sig
 switched off (they fail outside the main thread) and the caller bounds the time instead
 (:mod:`deepscaler.rewards.timeouts`, :mod:`deepscaler.rewards.pool`).
 
-Guards against its known false positives (grading_anchors.md §3, §6):
+Guards against its known false positives (each has a case in ``benchmarks/data/grader_cases.jsonl``):
 
 * only the boxed answer is parsed (no anchorless search, no last-number fallback, no number pulled out
   of an unparsable expression);
@@ -133,8 +133,8 @@ def symbolic_equal(pred: str, gold: str) -> bool:
 def math_verify_alone(pred_text: str, gold: str) -> bool:
     """math-verify as its README recommends for rewards: gold boxed, prediction parsed by math-verify.
 
-    ``pred_text`` is a bare answer (wrapped in ``\\boxed{}``, as in the grading_anchors measurement) or a
-    solution text, from which math-verify extracts the answer itself.
+    ``pred_text`` is a bare answer (wrapped in ``\\boxed{}``, as math-verify's README does for a gold answer)
+    or a solution text, from which math-verify extracts the answer itself.
     """
     math_verify, _, readme_gold, readme_pred = _mv()
     if "\\boxed" not in pred_text and "\\fbox" not in pred_text and len(pred_text) < 200:

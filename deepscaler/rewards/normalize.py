@@ -2,8 +2,8 @@
 
 The fast path decides most real answers (integers, decimals, fractions, radicals, π, percent, tuples and
 intervals of those, text and multiple-choice answers) in microseconds. It returns ``None`` ("undecided")
-whenever it is not sure, and the caller then asks math-verify. Conventions follow
-``grading_anchors.md`` §5: value over form, approximations are not exact values (except 15+ significant
+whenever it is not sure, and the caller then asks math-verify. Conventions (labelled in
+``benchmarks/data/grader_cases.jsonl``): value over form, approximations are not exact values (except 15+ significant
 digit float renderings), percent only when a side carries ``%``, bracket type matters, unordered lists.
 
 This module holds the LaTeX/string side (wrappers, units, choice letters, word answers), the splitting of

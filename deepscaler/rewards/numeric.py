@@ -4,7 +4,7 @@
 :class:`Num` — an exact rational when the value is one (integers, decimals, fractions, repeating decimals,
 perfect-square radicals, number words, ``52_8`` base notation, scientific notation) and always a float
 approximation (radicals, ``\\pi``). :func:`compare_numbers` and :func:`compare_scalars` decide equality
-with the conventions of ``grading_anchors.md`` §5: approximations are not exact values except 15+
+with the conventions of :mod:`deepscaler.rewards.normalize`: approximations are not exact values except 15+
 significant digit float renderings, and percent counts only when a side carries ``%``. Anything not
 surely numeric raises internally and comes back as ``None`` ("undecided").
 """
@@ -352,7 +352,7 @@ def compare_scalars(pred: tuple[Num, bool], gold: tuple[Num, bool]) -> bool | No
     (p, p_pct), (g, g_pct) = pred, gold
     if p_pct == g_pct:
         return compare_numbers(p, g)
-    # Exactly one side carries %: the bare number or the fraction both count (grading_anchors §5.3).
+    # Exactly one side carries %: the bare number or the fraction both count (the percent convention).
     percent_side, other = (p, g) if p_pct else (g, p)
     first = compare_numbers(other, percent_side)
     if first:

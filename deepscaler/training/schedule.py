@@ -16,7 +16,7 @@ def lr_multiplier(step: int, *, schedule: str = "constant", warmup_steps: int = 
 
     Linear warmup over ``warmup_steps`` (reaching 1 on the last warmup step), then constant, or cosine decay
     to ``min_lr_ratio`` at ``total_steps``. ``zero_lr_first_step`` reproduces verl's 0-warmup quirk where the
-    very first step runs at lr 0 (DeepScaleR spec 4.3).
+    very first step runs at lr 0 (verl's warmup scheduler with 0 warmup steps, under which DeepScaleR trained).
     """
     if zero_lr_first_step and step == 0:
         return 0.0

@@ -1,4 +1,4 @@
-"""Equivalence conventions (grading_anchors.md §5) and the three graders on the labelled set."""
+"""Equivalence conventions (deepscaler.rewards.normalize) and the three graders on the labelled set."""
 
 from __future__ import annotations
 
