@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from deepscaler.evaluation.passk import mean_pass_at_k
 
@@ -59,10 +60,8 @@ def _cells(row: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     return cells
 
 
-def rich_table(results: Mapping[str, Mapping[str, Any]], title: str = "Evaluation (%)") -> Any:
+def rich_table(results: Mapping[str, Mapping[str, Any]], title: str = "Evaluation (%)") -> Table:
     """A ``rich.table.Table``: one row per dataset, then the average; pass@k ×100 with one decimal."""
-    from rich.table import Table
-
     keys = _pass_keys(results)
     table = Table(title=title)
     table.add_column("dataset", style="bold")

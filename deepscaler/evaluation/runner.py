@@ -16,6 +16,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer
+
+from deepscaler import rollout
 from deepscaler.data import encode_prompts, load_problems, resolve_think_prefill
 from deepscaler.data.loading import announce
 from deepscaler.evaluation.config import EvalConfig
@@ -23,11 +28,11 @@ from deepscaler.evaluation.report import (
     AVERAGE,
     average_row,
     dataset_metrics,
-    markdown_table,
     rich_table,
     write_results,
 )
 from deepscaler.evaluation.responses import ResponseStore
+from deepscaler.rewards import score_responses
 
 # Settings that change the samples: a resumed run must use the same ones.
 _SAMPLE_SETTINGS = ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "max_prompt_length",
@@ -49,8 +54,6 @@ def resolve_max_model_len(config: EvalConfig) -> tuple[int, str]:
     wanted = config.max_prompt_length + config.max_tokens
     limit = None
     try:
-        from transformers import AutoConfig
-
         limit = getattr(AutoConfig.from_pretrained(config.model), "max_position_embeddings", None)
     except Exception as err:  # noqa: BLE001 - without a config we cannot cap; vLLM will check
         return wanted, f"max_prompt_length + max_tokens (model config unreadable: {err})"
@@ -64,9 +67,7 @@ def resolve_max_model_len(config: EvalConfig) -> tuple[int, str]:
 def resolve_eval_memory(config: EvalConfig, max_model_len: int) -> Any:
     """The engine's deepscaler.rollout.EngineMemory: 0.9 of a CUDA GPU (DeepScaleR's eval script), on CPU an
     explicit KV cache sized from the model; --gpu-memory-utilization / --kv-cache-memory-bytes override."""
-    from deepscaler.rollout import engine_device_type, resolve_engine_memory
-
-    return resolve_engine_memory(engine_device_type(), "eval", config.gpu_memory_utilization,
+    return rollout.resolve_engine_memory(rollout.engine_device_type(), "eval", config.gpu_memory_utilization,
                                  config.kv_cache_memory_bytes, config.model, max_model_len,
                                  rollout_dtype=config.dtype)
 
@@ -120,11 +121,9 @@ class _LazyEngine:
 
     def get(self) -> Any:
         if self.engine is None:
-            from deepscaler.rollout import EngineConfig, RolloutEngine
-
             memory = resolve_eval_memory(self.config, self.max_model_len)
             announce(f"[deepscaler.eval] vLLM memory: {memory.describe()}")
-            self.engine = RolloutEngine(EngineConfig(
+            self.engine = rollout.RolloutEngine(rollout.EngineConfig(
                 model=self.config.model, dtype=self.config.dtype, precision=self.config.precision,
                 attention_backend=self.config.attention_backend, max_model_len=self.max_model_len,
                 gpu_memory_utilization=memory.gpu_memory_utilization, seed=self.config.seed,
@@ -141,8 +140,6 @@ class _LazyEngine:
 def _load_tokenizer(config: EvalConfig, engine: Any) -> Any:
     if engine is not None:
         return engine.tokenizer
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(config.model)
 
 
@@ -154,8 +151,6 @@ def evaluate(config: EvalConfig, engine: Any = None) -> dict[str, dict[str, Any]
     ``engine``: an existing ``RolloutEngine`` (e.g. the trainer's, with current weights); it is not closed.
     Without one, an engine is started only if some problem still needs generating.
     """
-    from deepscaler.rollout import SamplingSettings
-
     out = Path(config.output_dir) if config.output_dir else None
     if out is not None:
         _check_settings(out, config)
@@ -167,8 +162,9 @@ def evaluate(config: EvalConfig, engine: Any = None) -> dict[str, dict[str, Any]
     prompt_limit = config.max_prompt_length
     if engines.max_model_len is not None:
         prompt_limit = min(prompt_limit, engines.max_model_len - 1)  # vLLM needs room for one new token
-    sampling = SamplingSettings(n=config.n, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                                max_tokens=config.max_tokens, seed=config.seed, logprobs=False)
+    sampling = rollout.SamplingSettings(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                                        top_k=config.top_k, max_tokens=config.max_tokens, seed=config.seed,
+                                        logprobs=False)
     correct_reward = config.reward.correct_reward
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -226,10 +222,6 @@ def _generate_and_score(todo: list, engines: _LazyEngine, sampling: Any, config:
     """Generate ``todo`` in chunks; score and save each problem as soon as its chunk is done."""
     if not todo:
         return
-    from tqdm.auto import tqdm
-
-    from deepscaler.rewards import score_responses
-
     engine = engines.get()  # started before the bar so its log lines do not interleave with it
     generated_tokens, generate_seconds = 0, 0.0
     with tqdm(total=len(todo), desc=label, unit="problem", disable=not config.progress) as bar:
@@ -266,9 +258,4 @@ def _generate_and_score(todo: list, engines: _LazyEngine, sampling: Any, config:
 
 
 def _print_table(results: dict[str, dict[str, Any]], config: EvalConfig) -> None:
-    try:
-        from rich.console import Console
-
-        Console().print(rich_table(results, title=f"{config.model} — Pass@k (%)"))
-    except ImportError:  # rich is a dependency; plain markdown if it is somehow missing
-        print(markdown_table(results))
+    Console().print(rich_table(results, title=f"{config.model} — Pass@k (%)"))

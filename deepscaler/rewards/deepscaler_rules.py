@@ -1,7 +1,7 @@
 """DeepScaleR's original grading rules, re-implemented for comparison and as a selectable grader.
 
-Behaviour follows ``deepscaler_spec.md`` §3 (DeepScaleR commit 95ef74f): an answer is correct when the
-Hendrycks MATH normalisation ("mathd") makes the strings equal, **or** the PRM800K-style "sympy" check
+Behaviour follows DeepScaleR's reward code (agentica-project/rllm at DeepScaleR's commit 95ef74f): an answer
+is correct when the Hendrycks MATH normalisation ("mathd") makes the strings equal, **or** the PRM800K-style "sympy" check
 accepts it. Quirks are kept on purpose (unreduced fractions rejected, integers compared strictly, braces
 dropped, no wall-clock bound of its own). Select it with ``RewardConfig(grader="deepscaler")``; the caller
 still bounds its time.
@@ -194,7 +194,7 @@ def _is_frac(text: str) -> bool:
 
 
 def _latex_to_text(expr: str) -> str:
-    from pylatexenc import latex2text
+    from pylatexenc import latex2text  # heavy: loaded on first use (rewards import light)
 
     expr = expr.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac").replace("\\frac", " \\frac")
     expr = latex2text.LatexNodes2Text().latex_to_text(expr)
@@ -245,7 +245,7 @@ def _allow_eval(expr: str) -> bool:
 
 
 def _sympy_equal(gold: str, given: str) -> bool:
-    import sympy
+    import sympy  # heavy: loaded on first use (rewards import light)
     from sympy.parsing import sympy_parser
 
     expr = f"({gold})-({given})"

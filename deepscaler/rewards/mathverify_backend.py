@@ -37,7 +37,7 @@ def too_costly(answer: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _mv() -> Any:
-    import math_verify
+    import math_verify  # heavy: loaded on first use (rewards import light)
     from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig, NormalizationConfig
 
     for name in ("math_verify", "latex2sympy2_extended"):
@@ -79,7 +79,7 @@ def _parse_guarded(answer: str) -> Any:
 
 def _imaginary_unit(pred: Any, gold: Any) -> tuple[Any, Any]:
     """Read a lone symbol ``i`` as the imaginary unit when nothing else is symbolic (1/i, e^{iπ})."""
-    import sympy
+    import sympy  # heavy: loaded on first use (rewards import light)
 
     symbols = set()
     for expr in (pred, gold):
@@ -92,7 +92,7 @@ def _imaginary_unit(pred: Any, gold: Any) -> tuple[Any, Any]:
 
 def _names_a_quantity(lhs: Any) -> bool:
     """``x``, ``(p, q)``, ``|AB|``, ``NO/BO``: no numbers and no sums, so ``lhs = value`` is an assignment."""
-    import sympy
+    import sympy  # heavy: loaded on first use (rewards import light)
 
     if isinstance(lhs, sympy.Tuple) or isinstance(lhs, tuple):
         return all(_names_a_quantity(item) for item in lhs)
@@ -102,7 +102,7 @@ def _names_a_quantity(lhs: Any) -> bool:
 
 
 def _unwrap_assignment(expr: Any) -> Any:
-    import sympy
+    import sympy  # heavy: loaded on first use (rewards import light)
 
     if isinstance(expr, sympy.Eq) and _names_a_quantity(expr.lhs):
         return expr.rhs
@@ -113,7 +113,7 @@ def symbolic_equal(pred: str, gold: str) -> bool:
     """math-verify comparison of two bare answers with the guards listed in the module docstring."""
     if too_costly(pred) or too_costly(gold):
         return False
-    import sympy
+    import sympy  # heavy: loaded on first use (rewards import light)
 
     math_verify = _mv()[0]
     gold_expr, pred_expr = _parse_guarded(gold), _parse_guarded(pred)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from deepscaler.training.distributed import (
     SINGLE_PROCESS,
@@ -196,8 +197,6 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     """Copy the checkpoint's safetensors weights into ``model`` in place (strict apart from a tied LM head)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     shards = sorted(path.glob("*.safetensors"))
     if not shards:

@@ -63,7 +63,7 @@ class RunDecisions:
             f"weight-sync check tolerance: {self.sync_tolerance:g} nats/token ({self.sync_tolerance_reason})",
             f"vLLM memory: {self.engine_memory.describe()}",
             f"trainer attention: {self.trainer_attention.backend} ({self.trainer_attention.reason})",
-            f"rollout: {self.rollout_attention.describe()}",
+            f"rollout engine: {self.rollout_attention.describe()}",
             f"micro-batch layout: {self.layout} ({self.layout_reason})",
         ]
 

@@ -28,6 +28,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 
 @dataclass(frozen=True)
@@ -189,9 +196,6 @@ def shard_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     of the ranks' shares of a mini-batch-global loss."""
     if not info.enabled:
         return model
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     device_type = "cuda" if info.backend == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, (info.world_size,))
     layers = getattr(getattr(model, model.base_model_prefix, model), "layers", None)
@@ -206,8 +210,6 @@ def reshard(model: torch.nn.Module) -> None:
     final norm, LM head) gathered after a forward with no backward (old/reference log-probs, the sync probe);
     while they are, ``model.parameters()`` and ``state_dict()`` show the gathered copies, not the sharded
     parameters the optimizer holds."""
-    from torch.distributed.fsdp import FSDPModule
-
     if isinstance(model, FSDPModule):
         model.reshard()
 
@@ -234,8 +236,6 @@ def full_state_dict(model: torch.nn.Module, keep: bool = True) -> dict[str, torc
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The whole optimizer state on the CPU, keyed by parameter name rather than position, so that it loads into
     any number of ranks (collective with several ranks; with cpu_offload only rank 0 holds it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     reshard(model)
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -244,8 +244,6 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a state from :func:`full_optimizer_state` (or a positional ``optimizer.state_dict()``, as checkpoints
     written before name-keyed states hold) into this rank's parameters, sharded or not."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     reshard(model)
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     if any(isinstance(key, int) for key in state.get("state", {})) or any(

@@ -9,6 +9,7 @@ Metric names are namespaced the way verl/DeepScaleR users read them: ``reward/me
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import sys
@@ -16,6 +17,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from tqdm.auto import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -165,8 +171,6 @@ class _Tracker:
 
 
 def _require(module: str, backend: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -220,24 +224,12 @@ class Progress:
         self._started = time.perf_counter()
         self._bar: Any = None
         if mode == "rich":
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
             self._bar = RichProgress(TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[live]}"),
                                      console=Console(file=self.stream), transient=False)
             self._task = self._bar.add_task("train", total=total, completed=initial, live="")
             self._bar.start()
         elif mode == "tqdm":
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=total, initial=initial, desc="GRPO", file=self.stream, dynamic_ncols=True)
 
     @staticmethod

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 from deepscaler.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, temperature_scale
@@ -247,6 +248,7 @@ def packed_attention_for(implementation: str, request: str = "auto") -> tuple[Pa
 
 
 def _transformers_detects_packing() -> bool:
+    # a feature probe of the installed transformers (masking_utils arrived in 4.56), so the import stays here
     try:
         from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
     except ImportError:
@@ -363,10 +365,6 @@ def _last_hidden_state(model: torch.nn.Module, kwargs: dict) -> torch.Tensor:
 
 
 def _is_fsdp(model: torch.nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
     return isinstance(model, FSDPModule)
 
 

@@ -47,7 +47,7 @@ def _stage_boundaries(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write the PNGs for ``run_dir`` into ``out_dir`` (default RUN_DIR/plots). Returns the written paths;
     panels whose metrics never appear are skipped."""
-    import matplotlib
+    import matplotlib  # heavy optional plotting stack: loaded only when plots are written
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,4 +1,5 @@
-"""DeepScaleR's mathd-or-sympy decision reproduces the behaviour table of deepscaler_spec.md §3.4."""
+"""DeepScaleR's mathd-or-sympy decision reproduces the behaviour of its reward code
+(agentica-project/rllm)."""
 
 from __future__ import annotations
 
