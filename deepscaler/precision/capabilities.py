@@ -7,10 +7,10 @@ Three tables:
 - ``VLLM_BACKENDS`` + ``VLLM_ERAS``: vLLM's decoder backends and how each vLLM version names, selects and
   accepts them (backend names, the env-var vs engine-argument mechanism, fp32 routes).
 
-Sources: /work/shared/reference/attention_anchors.md §1–§3 (flash-attn READMEs and issues, vLLM PRs and
-docs) and the installed vLLM 0.32 source (``AttentionBackendEnum``, each backend's ``supported_dtypes``,
-``get_supported_head_sizes``, ``supports_compute_capability``; ``EngineArgs.attention_backend``). Version
-bounds the anchors mark as approximate are marked ``approx`` in ``VllmEra.notes``.
+Sources: the flash-attn READMEs and issues, vLLM's PRs (numbers cited per era) and docs, and the installed vLLM
+0.32 source (``AttentionBackendEnum``, each backend's ``supported_dtypes``, ``get_supported_head_sizes``,
+``supports_compute_capability``; ``EngineArgs.attention_backend``; ``platforms/cuda.py``'s backend priorities).
+Version bounds known only approximately are marked ``approx`` in ``VllmEra.notes``.
 """
 
 from __future__ import annotations
