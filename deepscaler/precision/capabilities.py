@@ -7,9 +7,10 @@ Three tables:
 - ``VLLM_BACKENDS`` + ``VLLM_ERAS``: vLLM's decoder backends and how each vLLM version names, selects and
   accepts them (backend names, the env-var vs engine-argument mechanism, fp32 routes).
 
-Sources: the flash-attn READMEs and issues, vLLM's pull requests and documentation, and the vLLM 0.32 source (``AttentionBackendEnum``, each backend's ``supported_dtypes``,
-``get_supported_head_sizes``, ``supports_compute_capability``; ``EngineArgs.attention_backend``). Version
-bounds those sources give only approximately are marked ``approx`` in ``VllmEra.notes``.
+Sources: the flash-attn READMEs and issues, vLLM's PRs (numbers cited per era) and docs, and the installed vLLM
+0.32 source (``AttentionBackendEnum``, each backend's ``supported_dtypes``, ``get_supported_head_sizes``,
+``supports_compute_capability``; ``EngineArgs.attention_backend``; ``platforms/cuda.py``'s backend priorities).
+Version bounds known only approximately are marked ``approx`` in ``VllmEra.notes``.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ TRAINER_BACKENDS: dict[str, BackendCapability] = {c.name: c for c in [
 # Preference order for `auto`, by device generation and precision class ("half" = bf16/fp16, "fp32").
 # Why: FA3/FA4 are the fastest 16-bit kernels on their generation; FA2 packs sequences without a mask;
 # our Triton kernel is the fastest fp32-accurate kernel; SDPA-EFFICIENT is the fp32-accurate fallback;
-# flex fp32 is last (in strict IEEE fp32 it is the slowest route).
+# flex fp32 is last (IEEE FMA speed trap, anchors §0.2).
 TRAINER_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("sm100+", "half"): ("flash_attention_4", "flash_attention_2", "sdpa", "flex_attention", "eager"),
     ("sm90", "half"): ("flash_attention_3", "flash_attention_4", "flash_attention_2", "sdpa", "flex_attention",
