@@ -17,6 +17,11 @@ import pytest
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 DATA_DIR_VARIABLE = "DEEPSCALER_DATA_DIR"
+# The test configuration's default data folder: this project's own development layout keeps the DeepScaleR data
+# sets beside the checkout. Only the tests look there; the product resolves data through DEEPSCALER_DATA_DIR.
+_SIBLING_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepscaler"
+if not os.environ.get(DATA_DIR_VARIABLE) and (_SIBLING_DATA / "test").is_dir():
+    os.environ[DATA_DIR_VARIABLE] = str(_SIBLING_DATA)
 CPU_ENGINE_WITHOUT_KV_SIZE = (
     "a CPU vLLM engine was built without kv_cache_memory_bytes, so vLLM sizes its KV cache as a share of RAM "
     "minus this process's memory (negative once the process holds more). Build engines with "
