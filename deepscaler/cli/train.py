@@ -12,7 +12,8 @@ EXAMPLES = """examples:
   deepscaler train --config deepscaler-1.5b-8k                # DeepScaleR stage 1 (8K responses)
   deepscaler train --config deepscaler-1.5b                   # the whole 8K -> 16K -> 24K chain
   deepscaler train --config deepscaler-1.5b-8k optim.lr=2e-6 rollout.n=16 trainer.run_dir=runs/try
-  deepscaler train --config my.yaml --dry-run                 # print the resolved config and batch geometry
+  deepscaler train --config my.yaml --dry-run                 # print the resolved config, batch geometry, memory plan
+  deepscaler train --config deepscaler-1.5b-8k --dry-run --gpu-memory 80GiB --ranks 8   # plan for 8 x 80 GiB
   deepscaler train --list                                     # the shipped presets
   torchrun --nproc_per_node 8 -m deepscaler train --config deepscaler-1.5b-8k   # 8 data-parallel ranks (FSDP2)
 """
@@ -28,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="YAML file or preset name from deepscaler/recipes (see --list)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, print the resolved config and the batch geometry, then exit")
+    parser.add_argument("--gpu-memory", default=None, metavar="SIZE",
+                        help="plan the GPU memory for a card of this size (e.g. 80GiB, 141GiB) instead of the one "
+                             "found; sets precision.gpu_memory")
+    parser.add_argument("--ranks", type=int, default=None, metavar="N",
+                        help="data-parallel ranks to plan the memory for with --dry-run (default: WORLD_SIZE or 1)")
     parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(func=run)
@@ -39,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
         list_presets,
         load_config,
         resolve_config_path,
-        to_dict,
     )
 
     if args.list:
@@ -58,29 +63,47 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_demo(list(args.overrides))
         return result if isinstance(result, int) else 0
+    overrides = list(args.overrides) + ([f"precision.gpu_memory={args.gpu_memory}"] if args.gpu_memory else [])
     try:
-        config = load_config(args.config, list(args.overrides))
+        config = load_config(args.config, overrides)
     except ConfigError as error:
         print(f"deepscaler train: {error}", file=sys.stderr)
         return 2
     if args.dry_run:
-        import yaml
-
-        from deepscaler.training.geometry import batch_geometry
-
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-        import os
-
-        for line in batch_geometry(config, data_parallel_ranks=int(os.environ.get("WORLD_SIZE", "1"))).lines():
-            print(f"# {line}")
-        for index, stage in enumerate(config.trainer.stages):
-            from deepscaler.training.config import stage_config
-
-            staged = stage_config(config, stage)
-            until = stage.until_step if stage.until_step is not None else "end"
-            print(f"# stage {index} {stage.name} (until step {until}): " + batch_geometry(staged).lines()[0])
-        return 0
+        return dry_run(config, args.ranks)
     from deepscaler.training.loop import train
 
     train(config)
+    return 0
+
+
+def dry_run(config, ranks: int | None = None) -> int:
+    """Print the resolved config, the batch geometry of the run and of each stage, and the memory plan; 2 when
+    the plan does not fit (its block lists the numbers and the fixes)."""
+    import os
+
+    import yaml
+
+    from deepscaler.training.config import stage_config, to_dict
+    from deepscaler.training.geometry import batch_geometry
+    from deepscaler.training.memory import plan_for_config
+
+    ranks = ranks or int(os.environ.get("WORLD_SIZE", "1"))
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    for line in batch_geometry(config, data_parallel_ranks=ranks).lines():
+        print(f"# {line}")
+    for index, stage in enumerate(config.trainer.stages):
+        until = stage.until_step if stage.until_step is not None else "end"
+        print(f"# stage {index} {stage.name} (until step {until}): "
+              + batch_geometry(stage_config(config, stage)).lines()[0])
+    plan, note = plan_for_config(config, ranks=ranks)
+    if plan is None:
+        print(f"# {note}")
+        return 0
+    for line in plan.lines():
+        print(f"# {line}")
+    print(f"# ({note})")
+    if not plan.fits:
+        print("deepscaler train: the memory plan does not fit (see above); apply one of its fixes", file=sys.stderr)
+        return 2
     return 0

@@ -112,6 +112,31 @@ class PrecisionPolicy:
         return {"param_dtype": to_torch_dtype(self.compute_dtype), "reduce_dtype": to_torch_dtype(self.reduce_dtype)}
 
 
+@dataclass(frozen=True)
+class MatmulFlags:
+    """PyTorch's process-wide float32 matmul settings: what ``apply_matmul_flags`` sets and what an in-process
+    vLLM worker resets (it calls ``torch.set_float32_matmul_precision("highest")`` when it starts)."""
+
+    float32_matmul_precision: str
+    cuda_matmul_allow_tf32: bool
+    cudnn_allow_tf32: bool
+
+    @classmethod
+    def capture(cls) -> MatmulFlags:
+        import torch
+
+        return cls(torch.get_float32_matmul_precision(), bool(torch.backends.cuda.matmul.allow_tf32),
+                   bool(torch.backends.cudnn.allow_tf32))
+
+    def apply(self) -> None:
+        import torch
+
+        # set_float32_matmul_precision also sets cuda.matmul.allow_tf32, so the explicit flags go last
+        torch.set_float32_matmul_precision(self.float32_matmul_precision)
+        torch.backends.cuda.matmul.allow_tf32 = self.cuda_matmul_allow_tf32
+        torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+
+
 PRESETS: dict[str, PrecisionPolicy] = {
     "bf16-mixed": PrecisionPolicy(
         name="bf16-mixed", param_dtype="float32", compute_dtype="bfloat16", reduce_dtype="float32",

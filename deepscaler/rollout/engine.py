@@ -14,6 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepscaler.rollout.engine_setup import (
+    check_vllm_features,
+    empty_cuda_cache,
+    start_choices,
+    trainer_state_kept,
+)
 from deepscaler.rollout.memory import cpu_kv_cache_bytes
 
 logger = logging.getLogger(__name__)
@@ -43,13 +49,20 @@ class EngineConfig:
     max_model_len: int = 2048
     """Longest prompt + response the engine accepts, in tokens."""
     gpu_memory_utilization: float = 0.5
-    """Fraction of device memory vLLM may use (weights + KV cache). On a CPU it does not size the KV cache:
-    without ``kv_cache_memory_bytes`` in ``extra_engine_kwargs`` the engine computes an explicit size from the
-    model (deepscaler.rollout.memory)."""
+    """This engine's share of the whole device (weights, activations, CUDA graphs, KV cache; vLLM >= 0.7
+    semantics: a trainer in the same process needs the rest). On a CPU it does not size the KV cache: without
+    ``kv_cache_memory_bytes`` in ``extra_engine_kwargs`` the engine computes an explicit size from the model
+    (deepscaler.rollout.memory)."""
     seed: int = 0
     """Engine seed; sampling seeds per request come from SamplingSettings.seed."""
-    enforce_eager: bool = True
-    """Skip CUDA-graph capture (faster start, needed when weights change between steps)."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph capture. None: graphs on CUDA (in-place weight loads keep the captured storage valid),
+    eager elsewhere (see engine_setup.enforce_eager_choice)."""
+    sleep_level: int | None = None
+    """vLLM sleep level used by release_memory(): 0 off, 1 (weights to host memory, KV cache dropped) or 2
+    (both dropped). None: 1 on CUDA, 0 elsewhere (see engine_setup.sleep_level_choice)."""
+    distributed_executor_backend: str | None = None
+    """vLLM executor; None: external_launcher under torchrun on CUDA, else vLLM's default."""
     tensor_parallel_size: int = 1
     """Tensor-parallel degree of the engine."""
     enable_prefix_caching: bool = True
@@ -109,16 +122,21 @@ class RolloutEngine:
         """``decision``: the rollout dtype and attention already decided for ``config`` (the trainer decides once
         at start-up, :func:`resolve_rollout_attention`); None resolves it here."""
         self.config = config
-        # In-process engine core: starts in seconds and lets us call the worker's reload_weights directly.
+        # In-process engine core: starts in seconds and lets us call the worker's model directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.decision = decision or resolve_rollout_attention(config)
-        for name, value in self.decision.env_vars.items():
+        device = self.decision.device_type
+        choices = start_choices(config, self.decision.dtype, device)
+        for name, value in {**self.decision.env_vars, **choices.env_vars}.items():
             os.environ[name] = value
+        self.sleep_level = choices.sleep_level
         try:
             import vllm
         except ImportError as error:
             raise ImportError(VLLM_INSTALL_HINT) from error
+        check_vllm_features(vllm, self.sleep_level, device == "cpu" or "kv_cache_memory_bytes" in config.extra_engine_kwargs)
         self._vllm = vllm
+        self._asleep = False
         kwargs: dict[str, Any] = dict(
             model=config.model,
             tokenizer=config.tokenizer or config.model,
@@ -126,7 +144,7 @@ class RolloutEngine:
             max_model_len=config.max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=config.seed,
-            enforce_eager=config.enforce_eager,
+            enforce_eager=choices.enforce_eager,
             tensor_parallel_size=config.tensor_parallel_size,
             enable_prefix_caching=config.enable_prefix_caching,
             max_num_seqs=config.max_num_seqs,
@@ -140,6 +158,10 @@ class RolloutEngine:
                 # Without chunking every prompt must fit in one scheduler step.
                 kwargs["max_num_batched_tokens"] = max(config.max_model_len, 8192)
         logger.info("chunked prefill: %s (%s)", "vLLM default" if chunked is None else chunked, chunked_reason)
+        if self.sleep_level:
+            kwargs["enable_sleep_mode"] = True
+        if choices.executor is not None:
+            kwargs["distributed_executor_backend"] = choices.executor
         kwargs.update(self.decision.engine_kwargs)
         kwargs.update(config.extra_engine_kwargs)
         if self.decision.device_type == "cpu" and kwargs.get("kv_cache_memory_bytes") is None:
@@ -149,7 +171,8 @@ class RolloutEngine:
                 self.decision.model_config, config.max_model_len, config.max_num_seqs, self.decision.dtype)
             logger.info("engine memory: %s", memory_reason)
         started = time.perf_counter()
-        self.llm = vllm.LLM(**kwargs)
+        with trainer_state_kept():  # vLLM's worker resets the matmul precision and reseeds the global RNGs
+            self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         logger.info("vLLM %s engine ready in %.1f s (%s)", vllm.__version__, time.perf_counter() - started,
                     self.decision.describe())
@@ -157,6 +180,7 @@ class RolloutEngine:
     def generate(self, prompt_token_ids: Sequence[Sequence[int]],
                  sampling: SamplingSettings, use_tqdm: bool = False) -> list[list[Completion]]:
         """Sample ``sampling.n`` responses for each prompt; returns one list of n completions per prompt."""
+        self._check_awake()
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -217,11 +241,68 @@ class RolloutEngine:
         trimmed = [list(ids[:-1]) if stop and ids else list(ids) for ids, stop in zip(token_ids, stopped, strict=True)]
         return [text.rstrip("\ufffd") for text in self.tokenizer.batch_decode(trimmed, skip_special_tokens=True)]
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        """Copy new weights (Hugging Face state-dict names) into the running engine, in place."""
+    # ------------------------------------------------------------------ sleep mode and weight loading
+    # The order follows TRL's colocate mode and verl's sharding manager: asleep while the trainer computes
+    # log-probs and updates; to resume, free the trainer's cached blocks, map the weights, load, map the KV cache,
+    # and drop cached prefixes (computed with the old weights; sleep clears them too).
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
+
+    def release_memory(self) -> None:
+        """Put the engine to sleep at its sleep level (weights to host memory at level 1, dropped at level 2; the KV
+        cache dropped) so the trainer gets the GPU. A no-op when sleep mode is off (CPU) or already asleep."""
+        if not self.sleep_level or self._asleep:
+            return
+        self.llm.sleep(level=self.sleep_level)
+        self._asleep = True
+
+    def load_weights_and_resume(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Load new weights (Hugging Face state-dict names) in place and make the engine ready to generate."""
+        if self._asleep:
+            empty_cuda_cache()  # the trainer's cached blocks back to the driver before vLLM maps memory again
+            self._wake(["weights"])
+        # vLLM's in-place layerwise reload (vllm#32133) copies into the existing storage in the engine's kernel
+        # format; a plain model.load_weights (TRL's path) fails on 0.32's CPU layers, which repack their weights
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
-        # Cached prefixes were computed with the old weights.
-        self.llm.reset_prefix_cache()
+        if self._asleep:
+            self._wake(["kv_cache"])
+            self._asleep = False
+        self._reset_prefix_cache()
+
+    def resume(self) -> None:
+        """Wake without new weights (a step that skipped its update): the weights of the last load come back
+        from host memory. Level 2 kept none, so it refuses: call load_weights_and_resume instead."""
+        if not self._asleep:
+            return
+        if self.sleep_level == 2:
+            raise RuntimeError("the rollout engine slept at level 2, which discards its weights; waking it without "
+                               "a weight load would generate from garbage. Call load_weights_and_resume(...)")
+        empty_cuda_cache()
+        self._wake(["weights"])
+        self._wake(["kv_cache"])
+        self._asleep = False
+        self._reset_prefix_cache()
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Copy new weights into the running engine, in place (same as load_weights_and_resume)."""
+        self.load_weights_and_resume(named_tensors)
+
+    def _wake(self, tags: list[str]) -> None:
+        awake = self.llm.wake_up(tags=tags)
+        if tags == ["kv_cache"] and awake is False:  # vLLM returns whether every pool is mapped again
+            raise RuntimeError("vLLM's wake_up left part of the engine asleep after waking weights and KV cache")
+
+    def _reset_prefix_cache(self) -> None:
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM refused to reset its prefix cache (requests still running?); cached prefixes "
+                               "computed with the old weights would be reused")
+
+    def _check_awake(self) -> None:
+        if self._asleep:
+            raise RuntimeError("the rollout engine is asleep (release_memory); call resume() or "
+                               "load_weights_and_resume(...) before generating")
 
     def score(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
         """The engine's log-probability (temperature 1) of every token after its prompt.
@@ -233,6 +314,7 @@ class RolloutEngine:
 
         if len(sequences) != len(prompt_lengths):
             raise ValueError("score(): sequences and prompt_lengths must have the same length")
+        self._check_awake()
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
                                     use_tqdm=False)
@@ -243,14 +325,21 @@ class RolloutEngine:
         return scores
 
     def close(self) -> None:
-        """Release the engine's memory (KV cache and weights)."""
+        """Release the engine's memory: the LLM object, vLLM's model-parallel groups and the CUDA cache.
+
+        Only vLLM's own groups are destroyed: under torchrun the world group belongs to the trainer (vLLM's
+        ``destroy_distributed_environment`` would tear it down)."""
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        del self.llm
+        del self.llm, llm
         import gc
 
+        from vllm.distributed.parallel_state import destroy_model_parallel
+
+        destroy_model_parallel()
         gc.collect()
+        empty_cuda_cache()
 
 
 def chunked_prefill_choice(requested: bool | None, device_type: str) -> tuple[bool | None, str]:

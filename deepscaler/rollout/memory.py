@@ -22,8 +22,10 @@ from typing import Any
 MiB = 1 << 20
 
 GPU_FRACTION = {"train": 0.85, "eval": 0.9}
-"""Fraction of GPU memory per purpose: DeepScaleR's trainer (0.85; the trainer's weights, optimizer and
-activations share the GPU) and its eval script (0.9)."""
+"""Fraction of GPU memory per purpose when nothing else decides: DeepScaleR's eval script (0.9; the engine alone
+on the GPU). For training on a GPU the memory plan (deepscaler.rollout.memory_plan) decides instead: DeepScaleR's
+0.85 was a share of the memory left *after* its trainer was built (verl's vLLM 0.6.3 fork), while vLLM >= 0.7
+reads the fraction as a share of the whole card."""
 CPU_FRACTION = 0.1
 """vLLM wants a fraction even when the KV-cache size is explicit; on CPU it only matters without one."""
 CPU_KV_MAX_SEQS = 256
@@ -117,19 +119,23 @@ def default_max_num_seqs() -> int:
 def resolve_engine_memory(device_type: str, purpose: str, requested_fraction: float | None,
                           requested_kv_bytes: int | None, model_config: Any, max_model_len: int,
                           max_num_seqs: int | None = None, rollout_dtype: str = "auto",
-                          ram_bytes: int | None = None) -> EngineMemory:
-    """The engine's memory settings and why (explicit request > per-device rule).
+                          ram_bytes: int | None = None, plan: Any = None,
+                          gpu_total_bytes: int | None = None) -> EngineMemory:
+    """The engine's memory settings and why (explicit request > memory plan > per-device rule).
 
     Args:
         device_type: where vLLM runs ("cuda", "cpu", ...; see engine_device_type()).
         purpose: "train" (the trainer shares the device) or "eval".
         requested_fraction / requested_kv_bytes: the user's override (config field or CLI flag), or None.
         model_config: transformers config of the served model, or its Hub id / folder (its config is then
-            loaded only when needed); only read on CPU without an explicit size (None is fine otherwise).
+            loaded only when needed); read on CPU without an explicit size, and on a GPU to derive the fraction
+            an explicit KV size needs (None is fine otherwise).
         max_model_len: longest prompt + response the engine serves, tokens.
         max_num_seqs: the engine's max_num_seqs (None: EngineConfig's default).
         rollout_dtype: the engine's dtype (float32, bfloat16, float16, auto).
         ram_bytes: total RAM (None: measured); tests pass it to force the cap.
+        plan: the run's deepscaler.rollout.memory_plan.MemoryPlan (training on a GPU): its fraction is used.
+        gpu_total_bytes: the GPU's total memory for deriving a fraction (None: measured).
     """
     if purpose not in _REQUEST_NAMES:
         raise ValueError(f"purpose={purpose!r}: expected one of {sorted(_REQUEST_NAMES)}")
@@ -140,32 +146,66 @@ def resolve_engine_memory(device_type: str, purpose: str, requested_fraction: fl
         raise ValueError(f"{kv_name}={requested_kv_bytes} must be > 0 (or unset for the automatic size)")
     on_cpu = device_type == "cpu"
     if requested_kv_bytes is not None:
-        fraction = requested_fraction if requested_fraction is not None else (
-            CPU_FRACTION if on_cpu else GPU_FRACTION[purpose])
         named = f"{kv_name}={requested_kv_bytes} ({_mib(requested_kv_bytes)})"
         if requested_fraction is not None:
-            named += f" and {fraction_name}={requested_fraction:g}"
+            fraction, why = requested_fraction, f" and {fraction_name}={requested_fraction:g}"
+        elif on_cpu:
+            fraction, why = CPU_FRACTION, ""
+        elif plan is not None:
+            fraction, why = plan.gpu_memory_utilization, f"; fraction {plan.gpu_memory_utilization:g} from the memory plan"
+        else:
+            # vLLM still reserves fraction x total at start-up, so the fraction must cover exactly what it needs
+            fraction = _fraction_for_kv(model_config, requested_kv_bytes, max_model_len, max_num_seqs, rollout_dtype,
+                                        gpu_total_bytes)
+            why = f"; fraction {fraction:g} = (weights + graphs + activations + this KV cache) / GPU memory"
         return EngineMemory(fraction, requested_kv_bytes,
-                            f"{named}; vLLM allocates exactly this KV cache, the fraction no longer sizes it")
+                            f"{named}{why}; vLLM allocates exactly this KV cache, the fraction no longer sizes it")
     if requested_fraction is not None and not on_cpu:
         return EngineMemory(requested_fraction, None, f"{fraction_name}={requested_fraction:g}: vLLM fits "
                             "weights + KV cache in this share of device memory")
     if not on_cpu:
-        what = ("DeepScaleR's trainer setting, the trainer shares the rest" if purpose == "train"
+        if plan is not None:
+            return EngineMemory(plan.gpu_memory_utilization, None, f"memory plan: {plan.fraction_reason}")
+        what = ("DeepScaleR's trainer setting; no memory plan given" if purpose == "train"
                 else "DeepScaleR's eval script setting")
         return EngineMemory(GPU_FRACTION[purpose], None, f"{device_type}: {GPU_FRACTION[purpose]:g} = {what}")
     if model_config is None:
         raise ValueError("resolve_engine_memory: the model config is needed to size the CPU KV cache "
                          f"(or set {kv_name})")
-    if isinstance(model_config, str | os.PathLike):
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(str(model_config))
-    kv_bytes, reason = cpu_kv_cache_bytes(model_config, max_model_len, max_num_seqs, rollout_dtype, ram_bytes)
+    kv_bytes, reason = cpu_kv_cache_bytes(_load_config(model_config), max_model_len, max_num_seqs, rollout_dtype,
+                                          ram_bytes)
     if requested_fraction is not None:
         reason = (f"{fraction_name}={requested_fraction:g} is passed on but does not size the KV cache on CPU "
                   f"(vLLM would take that share of host RAM minus this process's memory); {reason}")
     return EngineMemory(requested_fraction or CPU_FRACTION, kv_bytes, reason)
+
+
+def _load_config(model_config: Any) -> Any:
+    if isinstance(model_config, str | os.PathLike):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(model_config))
+    return model_config
+
+
+def _fraction_for_kv(model_config: Any, kv_bytes: int, max_model_len: int, max_num_seqs: int | None,
+                     rollout_dtype: str, gpu_total_bytes: int | None) -> float:
+    """The fraction an explicit KV size needs on a GPU: the engine's fixed memory plus the KV cache, over the
+    card's total, rounded up to a hundredth."""
+    from deepscaler.rollout.memory_plan import ModelGeometry, PlanInputs, engine_fixed_memory
+
+    if model_config is None:
+        raise ValueError("resolve_engine_memory: the model config is needed to derive the GPU fraction an explicit "
+                         "KV-cache size needs (or set the fraction too)")
+    if gpu_total_bytes is None:
+        import torch
+
+        gpu_total_bytes = torch.cuda.mem_get_info()[1]
+    inputs = PlanInputs(ModelGeometry.from_config(_load_config(model_config)), gpu_total_bytes, max_model_len,
+                        max_model_len, rollout_dtype="float32" if rollout_dtype == "auto" else rollout_dtype,
+                        max_num_seqs=max_num_seqs or default_max_num_seqs())
+    fixed = sum(engine_fixed_memory(inputs).values())
+    return min(1.0, math.ceil((fixed + kv_bytes) / gpu_total_bytes * 100) / 100)
 
 
 def cpu_kv_cache_bytes(model_config: Any, max_model_len: int, max_num_seqs: int | None = None,

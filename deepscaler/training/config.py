@@ -80,15 +80,20 @@ class RolloutConfig:
     min_tokens: int = 0
     """Suppress EOS until a response has this many tokens (0 = off)."""
     gpu_memory_utilization: float | None = None
-    """Fraction of accelerator memory vLLM may take (weights + KV cache); None: 0.85 on a GPU (DeepScaleR's
-    value), 0.1 on CPU (where it is a fraction of host RAM)."""
+    """The engine's share of the whole GPU (vLLM >= 0.7: weights, activations, CUDA graphs, KV cache; the
+    trainer needs the rest); None: the memory plan chooses the largest that fits beside the trainer (printed as
+    "memory plan"); on CPU 0.1, a share of host RAM."""
     kv_cache_memory_bytes: int | None = None
-    """Explicit vLLM KV-cache size in bytes (vLLM then ignores the fraction for the KV cache); None: vLLM's own
-    sizing on a GPU, and on CPU a size computed from the model and max_model_len (deepscaler.rollout.memory)."""
+    """Explicit vLLM KV-cache size in bytes (vLLM then ignores the fraction for the KV cache, and on a GPU the
+    fraction is derived from it); None: sized by vLLM from the fraction on a GPU, and on CPU computed from the
+    model and max_model_len (deepscaler.rollout.memory)."""
     attention: str = "auto"
     """Rollout engine attention backend request, resolved by deepscaler.precision.resolve_attention."""
-    enforce_eager: bool = True
-    """Disable CUDA graphs in vLLM (as DeepScaleR did; faster start-up, slower decode)."""
+    enforce_eager: bool | None = None
+    """Disable CUDA graphs in vLLM; None: graphs on CUDA (in-place weight loads keep them valid), eager on CPU."""
+    sleep_level: int | None = None
+    """vLLM sleep mode between rollouts: 0 off, 1 (weights to host memory, KV cache freed during log-probs and
+    the update), 2 (both freed); None: 1 on CUDA, off on CPU (vLLM has no sleep mode there)."""
     max_num_batched_tokens: int | None = None
     """vLLM scheduler token budget per iteration; None keeps vLLM's default."""
     verify_sync: bool = True
@@ -181,6 +186,9 @@ class PrecisionConfig:
     master weights + bf16 autocast), "fp16-mixed" (with loss scaling), "fp32", "fp32-fast"."""
     device: str = "auto"
     """Training device: "auto" (cuda if available), "cpu", "cuda", "cuda:1"."""
+    gpu_memory: str | None = None
+    """Plan the GPU memory for a card of this size ("80GiB", "141GiB") instead of the one found (dry runs on
+    another machine; ``deepscaler train --gpu-memory``); None: the GPU's own total."""
 
 
 @dataclass

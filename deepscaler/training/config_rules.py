@@ -12,6 +12,7 @@ from deepscaler.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGR
 from deepscaler.algorithms.registry import check_name
 from deepscaler.precision import PRESETS as PRECISION_POLICIES
 from deepscaler.rewards.config import RewardConfig
+from deepscaler.rollout.memory_plan import parse_bytes
 
 if TYPE_CHECKING:
     from deepscaler.training.config import TrainConfig
@@ -44,6 +45,13 @@ def config_problems(c: TrainConfig) -> list[str]:
                  f"{d.max_response_length}")
     if r.gpu_memory_utilization is not None and not 0 < r.gpu_memory_utilization <= 1:
         p.append(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
+    if r.sleep_level is not None and r.sleep_level not in (0, 1, 2):
+        p.append(f"rollout.sleep_level={r.sleep_level} must be 0 (off), 1, 2 or null (automatic)")
+    if c.precision.gpu_memory is not None:
+        try:
+            parse_bytes(c.precision.gpu_memory)
+        except ValueError as error:
+            p.append(f"precision.gpu_memory: {error}")
     if r.kv_cache_memory_bytes is not None and r.kv_cache_memory_bytes <= 0:
         p.append(f"rollout.kv_cache_memory_bytes={r.kv_cache_memory_bytes} must be > 0 (or null for automatic)")
     if a.ppo_mini_batch_size > d.train_batch_size:

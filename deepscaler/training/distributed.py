@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ SINGLE_PROCESS = DistInfo()
 def init_distributed(device_request: str = "auto") -> tuple[DistInfo, str]:
     """(DistInfo, reason). Joins the torchrun group when ``WORLD_SIZE`` > 1; otherwise a single process.
 
-    On CUDA each rank is restricted to its own GPU (:func:`own_gpu`) before CUDA starts, so the trainer and the
-    rank's in-process vLLM engine both see it as ``cuda:0``.
+    On CUDA every GPU stays visible and each rank makes ``cuda:LOCAL_RANK`` its current device, as TRL's colocate
+    mode does: the rank's vLLM engine (``external_launcher`` executor) takes its device from ``LOCAL_RANK``, and
+    NCCL can use peer-to-peer links between the visible devices.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -83,34 +84,21 @@ def init_distributed(device_request: str = "auto") -> tuple[DistInfo, str]:
     if dist.is_initialized():
         backend = dist.get_backend()
     else:
-        use_cuda = device_request.startswith("cuda") or (device_request == "auto" and _cuda_present())
-        if use_cuda:
-            os.environ["CUDA_VISIBLE_DEVICES"] = own_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"), local_rank)
+        use_cuda = device_request.startswith("cuda") or (device_request == "auto" and torch.cuda.is_available())
         backend = "nccl" if use_cuda else "gloo"
         if use_cuda:
-            torch.cuda.set_device(0)
+            torch.cuda.set_device(rank_device(local_rank, torch.cuda.device_count()))
         dist.init_process_group(backend)
     info = DistInfo(rank, world_size, local_rank, backend)
     return info, f"torchrun: rank {rank} of {world_size} (local rank {local_rank}), {backend}"
 
 
-def own_gpu(visible: str | None, local_rank: int) -> str:
-    """The ``CUDA_VISIBLE_DEVICES`` value that leaves this rank only its own GPU: the ``local_rank``-th of the
-    visible ones (all GPUs when unset); a single visible GPU is taken as already chosen for this process."""
-    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
-    if devices is None:
-        return str(local_rank)
-    if len(devices) == 1:
-        return devices[0]
-    if local_rank >= len(devices):
-        raise RuntimeError(f"LOCAL_RANK {local_rank} but CUDA_VISIBLE_DEVICES={visible} lists {len(devices)} GPUs; "
-                           "start at most one process per visible GPU (torchrun --nproc_per_node)")
-    return devices[local_rank]
-
-
-def _cuda_present() -> bool:
-    # torch.cuda.is_available() would be fine too, but this keeps CUDA untouched until CUDA_VISIBLE_DEVICES is set
-    return any(os.path.exists(f"/dev/nvidia{i}") for i in range(16)) or bool(os.environ.get("NVIDIA_VISIBLE_DEVICES"))
+def rank_device(local_rank: int, device_count: int) -> int:
+    """The CUDA device index of a rank: its ``LOCAL_RANK`` among the visible GPUs."""
+    if local_rank >= device_count:
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but only {device_count} CUDA devices are visible; start at most "
+                           "one process per visible GPU (torchrun --nproc_per_node)")
+    return local_rank
 
 
 def shutdown(info: DistInfo) -> None:
@@ -190,18 +178,29 @@ def _collective_device(info: DistInfo) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------------ FSDP2
-def shard_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, info: DistInfo, policy: Any = None) -> torch.nn.Module:
     """FSDP2 (``fully_shard``) each decoder layer, then the whole model; parameters become DTensors sharded over the
     ranks. Gradients are averaged over ranks by FSDP; ``LossNormalizer.dp_size`` turns that average into the sum
-    of the ranks' shares of a mini-batch-global loss."""
+    of the ranks' shares of a mini-batch-global loss.
+
+    With a 16-bit precision policy the layers all-gather their weights in the compute dtype and reduce gradients
+    in the policy's reduce dtype (``MixedPrecisionPolicy``, as DeepScaleR's FSDP ran: half the traffic of fp32
+    weights); master weights and optimizer state stay in the param dtype. The root (embeddings, final norm, LM
+    head) keeps its param dtype, so the LM head stays float32 as ``fp32_lm_head`` promises."""
     if not info.enabled:
         return model
     device_type = "cuda" if info.backend == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, (info.world_size,))
+    layer_kwargs: dict[str, Any] = {}
+    root_kwargs: dict[str, Any] = {}
+    if policy is not None and policy.is_mixed:
+        dtypes = policy.fsdp_mixed_precision_kwargs()
+        layer_kwargs["mp_policy"] = MixedPrecisionPolicy(**dtypes)
+        root_kwargs["mp_policy"] = MixedPrecisionPolicy(reduce_dtype=dtypes["reduce_dtype"])
     layers = getattr(getattr(model, model.base_model_prefix, model), "layers", None)
     for layer in layers or []:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **layer_kwargs)
+    fully_shard(model, mesh=mesh, **root_kwargs)
     return model
 
 

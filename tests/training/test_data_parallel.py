@@ -64,14 +64,12 @@ def test_shards_cover_every_item_once():
         DistInfo(rank=0, world_size=4).shard(6)
 
 
-def test_each_rank_keeps_only_its_own_gpu():
-    from deepscaler.training.distributed import own_gpu
+def test_each_rank_takes_its_local_rank_among_all_visible_gpus():
+    from deepscaler.training.distributed import rank_device
 
-    assert own_gpu(None, 3) == "3"
-    assert own_gpu("4,5,6,7", 1) == "5"
-    assert own_gpu("2", 0) == "2"  # already one GPU per process
+    assert rank_device(3, 8) == 3  # every GPU stays visible (vLLM's external_launcher reads LOCAL_RANK)
     with pytest.raises(RuntimeError, match="at most one process per visible GPU"):
-        own_gpu("0,1", 2)
+        rank_device(2, 2)
 
 
 def test_rank_metrics_combine_as_one_batch():
