@@ -59,9 +59,23 @@ def test_explicit_kv_bytes_win_on_every_device():
     assert cpu == EngineMemory(0.1, 512 * MiB, cpu.reason)
     assert cpu.engine_kwargs() == {"kv_cache_memory_bytes": 512 * MiB}
     assert "rollout.kv_cache_memory_bytes=536870912 (512 MiB)" in cpu.reason
-    gpu = resolve_engine_memory("cuda", "eval", None, 2 * GiB, None, 1024)
-    assert (gpu.gpu_memory_utilization, gpu.kv_cache_memory_bytes) == (0.9, 2 * GiB)
-    assert "--kv-cache-memory-bytes=2147483648" in gpu.reason
+    from transformers import Qwen2Config
+
+    # on a GPU vLLM still reserves fraction x total at start-up: the fraction is derived from the explicit size
+    # (what the engine needs besides its KV cache comes from deepscaler.rollout.memory_plan.engine_fixed_memory)
+    from deepscaler.rollout.memory_plan import ModelGeometry, PlanInputs, engine_fixed_memory
+
+    qwen = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                       num_attention_heads=12, num_key_value_heads=2)
+    fixed = sum(engine_fixed_memory(PlanInputs(ModelGeometry.from_config(qwen), 80 * GiB, 1024, 1024,
+                                               rollout_dtype="bfloat16")).values())
+    gpu = resolve_engine_memory("cuda", "eval", None, 2 * GiB, qwen, 1024, rollout_dtype="bfloat16",
+                                gpu_total_bytes=80 * GiB)
+    assert gpu.kv_cache_memory_bytes == 2 * GiB
+    assert gpu.gpu_memory_utilization == -(-(fixed + 2 * GiB) * 100 // (80 * GiB)) / 100 == 0.1
+    assert "--kv-cache-memory-bytes=2147483648" in gpu.reason and "fraction 0.1 = (weights" in gpu.reason
+    with pytest.raises(ValueError, match="model config is needed to derive the GPU fraction"):
+        resolve_engine_memory("cuda", "eval", None, 2 * GiB, None, 1024)
     both = resolve_engine_memory("cpu", "eval", 0.2, 128 * MiB, None, 1024)
     assert (both.gpu_memory_utilization, both.kv_cache_memory_bytes) == (0.2, 128 * MiB)
     assert "--gpu-memory-utilization=0.2" in both.reason
