@@ -163,3 +163,12 @@ def test_vllm_cpu_engine_starts_with_the_computed_kv_cache_and_generates(tiny_mo
         assert all(1 <= len(c.token_ids) <= 8 for g in groups for c in g)
     finally:
         engine.close()
+
+
+def test_training_on_a_gpu_takes_the_memory_plans_fraction():
+    plan = SimpleNamespace(gpu_memory_utilization=0.63, fraction_reason="largest that fits beside the trainer")
+    memory = resolve_engine_memory("cuda", "train", None, None, None, 9216, plan=plan)
+    assert (memory.gpu_memory_utilization, memory.kv_cache_memory_bytes) == (0.63, None)
+    assert memory.reason == "memory plan: largest that fits beside the trainer"
+    explicit_kv = resolve_engine_memory("cuda", "train", None, 4 * GiB, None, 9216, plan=plan)
+    assert (explicit_kv.gpu_memory_utilization, explicit_kv.kv_cache_memory_bytes) == (0.63, 4 * GiB)
