@@ -58,9 +58,10 @@ class EngineConfig:
     enforce_eager: bool | None = None
     """Skip CUDA-graph capture. None: graphs on CUDA (in-place weight loads keep the captured storage valid),
     eager elsewhere (see engine_setup.enforce_eager_choice)."""
-    sleep_level: int | None = None
-    """vLLM sleep level used by release_memory(): 0 off, 1 (weights to host memory, KV cache dropped) or 2
-    (both dropped). None: 1 on CUDA, 0 elsewhere (see engine_setup.sleep_level_choice)."""
+    sleep_level: int | None = 0
+    """vLLM sleep level used by release_memory(): 0 off (an engine alone on its GPU), 1 (weights to host memory,
+    KV cache dropped) or 2 (both dropped); None: 1 on CUDA, 0 elsewhere (training passes rollout.sleep_level; see
+    engine_setup.sleep_level_choice)."""
     distributed_executor_backend: str | None = None
     """vLLM executor; None: external_launcher under torchrun on CUDA, else vLLM's default."""
     tensor_parallel_size: int = 1
@@ -263,8 +264,7 @@ class RolloutEngine:
         if self._asleep:
             empty_cuda_cache()  # the trainer's cached blocks back to the driver before vLLM maps memory again
             self._wake(["weights"])
-        # vLLM's in-place layerwise reload (vllm#32133) copies into the existing storage in the engine's kernel
-        # format; a plain model.load_weights (TRL's path) fails on 0.32's CPU layers, which repack their weights
+        # in-place layerwise reload (vllm#32133); TRL's model.load_weights fails on 0.32's repacked CPU layers
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         if self._asleep:
             self._wake(["kv_cache"])
