@@ -171,3 +171,17 @@ def test_missing_vllm_features_are_named():
     with pytest.raises(ImportError, match=r"vLLM 0.9.0 lacks .*logprobs_mode.*enable_sleep_mode.*wake_up\(tags") as e:
         check_vllm_features(old, sleep_level=1, explicit_kv=False)
     assert "vLLM >= 0.32" in str(e.value)
+
+
+def test_close_drops_the_llm_vllms_groups_and_the_cuda_cache(monkeypatch):
+    pytest.importorskip("vllm")
+    from vllm.distributed import parallel_state
+
+    engine, calls = fake_engine(1, monkeypatch)
+    monkeypatch.setattr(parallel_state, "destroy_model_parallel", lambda: calls.append(("destroy_model_parallel",)))
+    monkeypatch.setattr(parallel_state, "destroy_distributed_environment",
+                        lambda: pytest.fail("the world group belongs to the trainer"))
+    engine.close()
+    assert not hasattr(engine, "llm")
+    assert calls == [("destroy_model_parallel",), ("empty_cache",)]
+    engine.close()  # closing twice is harmless
