@@ -24,7 +24,9 @@ from deepscaler.precision import (
 )
 from deepscaler.rollout import EngineConfig, EngineMemory, engine_device_type, resolve_engine_memory
 from deepscaler.rollout.engine import RolloutDecision, resolve_rollout_attention
+from deepscaler.rollout.memory_plan import MemoryPlan
 from deepscaler.training.config import TrainConfig, stage_config
+from deepscaler.training.memory import plan_for_config
 from deepscaler.training.micro_batches import resolve_layout
 from deepscaler.training.packing import packed_attention_for
 
@@ -43,6 +45,7 @@ class RunDecisions:
     sync_tolerance_reason: str
     engine_memory: EngineMemory
     """The rollout engine's memory fraction and KV-cache size, with the reason."""
+    memory_plan: MemoryPlan | None
     trainer_attention: AttentionDecision
     """The trainer's attention implementation (policy and reference model)."""
     rollout_attention: RolloutDecision
@@ -62,15 +65,17 @@ class RunDecisions:
             f"rollout {p.rollout_dtype}, logits {p.logits_dtype}" + (", loss scaling" if p.loss_scaling else ""),
             f"weight-sync check tolerance: {self.sync_tolerance:g} nats/token ({self.sync_tolerance_reason})",
             f"vLLM memory: {self.engine_memory.describe()}",
+            *(self.memory_plan.lines() if self.memory_plan is not None else []),
             f"trainer attention: {self.trainer_attention.backend} ({self.trainer_attention.reason})",
             f"rollout engine: {self.rollout_attention.describe()}",
             f"micro-batch layout: {self.layout} ({self.layout_reason})",
         ]
 
 
-def decide(config: TrainConfig, engine: Any = None) -> RunDecisions:
+def decide(config: TrainConfig, engine: Any = None, ranks: int = 1) -> RunDecisions:
     """Decide everything for ``config`` on this machine (``engine``: an engine already started for this model,
-    whose rollout decision is then the run's)."""
+    whose rollout decision is then the run's; ``ranks``: data-parallel ranks, for the GPU memory plan). Raises
+    MemoryPlanError, before anything loads, when the run cannot fit on the GPU."""
     env = probe_environment()
     device, device_reason = decide_device(config.precision.device)
     if config.precision.policy == "auto":
@@ -88,14 +93,17 @@ def decide(config: TrainConfig, engine: Any = None) -> RunDecisions:
         tolerance, tolerance_reason = 0.15, (f"{policy.rollout_dtype} rollout vs {policy.compute_dtype} trainer "
                                              "differ by ~1e-2 per token from rounding alone")
     check_model_path(config.model.path)  # the CPU KV-cache size reads the model's config
-    memory = engine_memory(config, policy.rollout_dtype, config.model.path, engine_max_model_len(config))
-    trainer_attention = resolve_attention("trainer", AutoConfig.from_pretrained(config.model.path), policy,
-                                          request=config.model.attention, env=env)
+    model_config = AutoConfig.from_pretrained(config.model.path)
+    plan = None
+    if engine_device_type() == "cuda":  # trainer and engine share the GPU: the plan sizes the engine, or refuses
+        plan = plan_for_config(config, ranks=ranks, policy=policy, model_config=model_config)[0].check()
+    memory = engine_memory(config, policy.rollout_dtype, config.model.path, engine_max_model_len(config), plan)
+    trainer_attention = resolve_attention("trainer", model_config, policy, request=config.model.attention, env=env)
     rollout_attention = (engine.decision if engine is not None else
                          resolve_rollout_attention(engine_config(config, policy, memory), env=env))
     layout, layout_reason = resolve_layout(trainer_attention.backend, config.algorithm.sequence_layout)
     packed_attention, _ = packed_attention_for(trainer_attention.backend)
-    return RunDecisions(device, device_reason, policy, policy_reason, tolerance, tolerance_reason, memory,
+    return RunDecisions(device, device_reason, policy, policy_reason, tolerance, tolerance_reason, memory, plan,
                         trainer_attention, rollout_attention, layout, layout_reason, packed_attention)
 
 
@@ -118,12 +126,13 @@ def engine_max_model_len(config: TrainConfig) -> int:
                for c in configs)
 
 
-def engine_memory(config: TrainConfig, rollout_dtype: str, model_path: str, max_model_len: int) -> EngineMemory:
-    """The rollout engine's memory settings (deepscaler.rollout.memory decides; rollout.gpu_memory_utilization
-    and rollout.kv_cache_memory_bytes override)."""
+def engine_memory(config: TrainConfig, rollout_dtype: str, model_path: str, max_model_len: int,
+                  plan: MemoryPlan | None = None) -> EngineMemory:
+    """The rollout engine's memory settings (deepscaler.rollout.memory decides, from the memory plan on a GPU;
+    rollout.gpu_memory_utilization and rollout.kv_cache_memory_bytes override)."""
     return resolve_engine_memory(engine_device_type(), "train", config.rollout.gpu_memory_utilization,
                                  config.rollout.kv_cache_memory_bytes, model_path, max_model_len,
-                                 rollout_dtype=rollout_dtype)
+                                 rollout_dtype=rollout_dtype, plan=plan)
 
 
 def engine_config(config: TrainConfig, policy: PrecisionPolicy, memory: EngineMemory) -> EngineConfig:
@@ -141,6 +150,7 @@ def engine_config(config: TrainConfig, policy: PrecisionPolicy, memory: EngineMe
         gpu_memory_utilization=memory.gpu_memory_utilization,
         seed=config.trainer.seed,
         enforce_eager=config.rollout.enforce_eager,
+        sleep_level=config.rollout.sleep_level,
         extra_engine_kwargs=extra,
     )
 

@@ -7,6 +7,8 @@ reads top to bottom:
     -> reference log-probs -> ppo_epochs x mini-batches of token-budget micro-batches
     -> optimizer + LR schedule -> in-place weight sync into vLLM -> verify the sync on a fixed probe -> metrics
 
+On CUDA the engine sleeps from the end of the rollouts to the sync (vLLM sleep mode, ``rollout.sleep_level``).
+
 Each phase lives in a file named after it (``rollouts``, ``logprobs``, ``update``, ``sync``, ``validation``);
 ``setup`` builds what the run needs and ``stage`` what a stage needs, so ``train`` is only the loop: validation,
 metrics, checkpoints and resume around the steps of each stage. No Trainer class hierarchy: ``Run`` is a plain bag
@@ -58,6 +60,7 @@ def grpo_step(run: Run, state: TrainerState) -> dict[str, float]:
 
     # 1-3. prompts -> rollouts -> rewards; with dynamic sampling keep sampling until enough groups carry signal.
     batch, metrics = collect_rollouts(run, state, step, timer)
+    run.engine.release_memory()  # sleep mode: the log-probs and the update get the engine's GPU memory (CUDA)
     if cfg.logging.log_rollouts_every and step % cfg.logging.log_rollouts_every == 0:
         write_rollout_samples(Path(cfg.trainer.run_dir) / "rollouts.jsonl", step, batch)
 
@@ -97,10 +100,13 @@ def grpo_step(run: Run, state: TrainerState) -> dict[str, float]:
         metrics["batch/skipped"] = 1.0
     run.scheduler.step()
 
-    # 9. push the new weights into vLLM in place, then verify the engine really runs them.
-    if "batch/skipped" not in metrics:
+    # 9. push the new weights into vLLM in place (waking it), then verify the engine really runs them. A step
+    # with no update wakes the engine with the weights it slept with; level-2 sleep kept none, so it syncs.
+    if "batch/skipped" not in metrics or run.engine.sleep_level == 2:
         with timer("sync"):
             metrics.update(sync_weights(run))
+    else:
+        run.engine.resume()
 
     # 10. metrics.
     state.step = step

@@ -26,7 +26,7 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
         model_config: the policy's transformers config (None: read from ``model.path``).
     """
     from deepscaler.precision import get_policy
-    from deepscaler.training.setup import engine_max_model_len  # setup builds the run and imports this module
+    from deepscaler.training.decisions import engine_max_model_len  # decisions asks this module for the plan
 
     if gpu_memory_bytes is None and config.precision.gpu_memory is not None:
         gpu_memory_bytes = parse_bytes(config.precision.gpu_memory)

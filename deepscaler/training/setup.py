@@ -83,7 +83,7 @@ def setup_session(config: TrainConfig, train_problems: Sequence[Any] | None = No
     state = ckpt.load_trainer_state(resume) if resume else ckpt.TrainerState(
         data=ckpt.DataPosition(seed=derive_seed(config.trainer.seed, "data", 0)))
 
-    decisions = decide(config, engine)
+    decisions = decide(config, engine, ranks=dist.world_size)
     decisions.policy.apply_matmul_flags()
     torch.manual_seed(config.trainer.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
@@ -97,7 +97,7 @@ def setup_session(config: TrainConfig, train_problems: Sequence[Any] | None = No
     model = load_policy_model(str(resume) if resume else config.model.path, decisions)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = shard_model(model, dist)  # FSDP2 over the torchrun ranks; unchanged for one process
+    model = shard_model(model, dist, decisions.policy)  # FSDP2 over the torchrun ranks; unchanged for one process
     if resume:
         ckpt.load_rng_state(resume, rank=dist.rank)
         logger.info(f"resuming from {resume} (step {state.step}, stage {state.stage}, data epoch {state.data.epoch} "

@@ -69,3 +69,23 @@ def test_no_gpu_and_no_size_means_no_plan(capsys, r1_config_dir):
 def test_a_bad_size_is_a_config_error(capsys, r1_config_dir):
     code, _, err = dry_run(capsys, r1_config_dir, "--gpu-memory", "lots")
     assert code == 2 and "precision.gpu_memory: memory size 'lots'" in err
+
+
+def test_on_a_gpu_the_run_decides_the_engine_fraction_from_the_plan_or_stops(tiny_model_dir, monkeypatch):
+    """decide() on a (pretended) CUDA machine: the plan is part of the run's decisions and sets the engine's
+    fraction; a plan that cannot fit raises before any model loads."""
+    from deepscaler.rollout.memory_plan import MemoryPlanError
+    from deepscaler.training import decisions as decisions_module
+    from deepscaler.training.config import load_config
+
+    monkeypatch.setattr(decisions_module, "engine_device_type", lambda: "cuda")
+    base = [f"model.path={tiny_model_dir}", "precision.gpu_memory=8GiB", "precision.policy=fp32",
+            "data.max_prompt_length=64", "data.max_response_length=64", "algorithm.max_tokens_per_micro_batch=128"]
+    decided = decisions_module.decide(load_config(None, base))
+    plan = decided.memory_plan
+    assert plan is not None and plan.fits and plan.inputs.sleep_level == 1
+    # 95 % of 8 GiB less the trainer's 1 GiB CUDA context (the tiny model's own bytes are under 1 MiB): 0.825
+    assert decided.engine_memory.gpu_memory_utilization == plan.gpu_memory_utilization == 0.82
+    assert any(line.startswith("memory plan (1 x 8.0 GiB") for line in decided.lines())
+    with pytest.raises(MemoryPlanError, match="rollout.gpu_memory_utilization=null"):
+        decisions_module.decide(load_config(None, [*base, "rollout.sleep_level=0", "rollout.gpu_memory_utilization=1"]))
