@@ -171,6 +171,12 @@ class MemoryPlan:
         return not self.problems
 
     @property
+    def trainer_peak_allocated(self) -> int:
+        """The trainer's peak as ``torch.cuda.max_memory_allocated()`` reports it: without the CUDA context and
+        NCCL buffers, which live outside PyTorch's allocator (what a measurement of the update compares with)."""
+        return self.trainer_peak - self.trainer["context"]
+
+    @property
     def kv_sequences(self) -> int:
         """Full-length (max_model_len) sequences the KV cache holds at once."""
         i = self.inputs

@@ -78,6 +78,7 @@ def test_stage_machine_and_sleep_mode(stage, ranks, gib, sleep):
     resident, peak = one_rank() if ranks == 1 else eight_ranks()
     result = plan(context, ranks, gib, sleep)
     assert (result.trainer_resident, result.trainer_peak) == (resident, peak)
+    assert result.trainer_peak_allocated == peak - CONTEXT - (NCCL if ranks > 1 else 0)
     # asleep, the engine gives the update everything but its CUDA graphs, so only the resident trainer (and the
     # tensor the sync gathers) shares the GPU with it; awake in the update, the trainer's peak does
     coexisting = resident + SYNC if sleep else peak
