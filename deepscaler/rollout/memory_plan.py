@@ -53,7 +53,7 @@ LM_HEAD_FORWARD_COPIES = 3
 """[chunk, vocab] fp32 tensors alive at once in a chunk's forward (scaled logits, softmax, their product)."""
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-REFERENCE_PLACEMENTS = ("gpu", "none")
+REFERENCE_PLACEMENTS = ("gpu", "cpu", "none")
 
 
 class MemoryPlanError(RuntimeError):
@@ -127,7 +127,8 @@ class PlanInputs:
     rollout_dtype: str = "bfloat16"
     gradient_checkpointing: bool = True
     reference: str = "gpu"
-    """Where the frozen reference model lives: "gpu" (replicated per rank, compute dtype) or "none" (no KL)."""
+    """Where the frozen reference model lives: "gpu" (replicated per rank, compute dtype), "cpu" (host memory,
+    on the GPU only for its log-probs, while the engine sleeps and the gradients are freed) or "none" (no KL)."""
     sleep_level: int = 1
     """vLLM sleep level during the update: 0 (engine stays awake), 1 or 2 (weights and KV cache released)."""
     cuda_graphs: bool = True
@@ -162,7 +163,7 @@ class MemoryPlan:
     fraction_reason: str
     usable: int
     host_bytes: int
-    """Host memory per rank the engine's level-1 sleep pins for its weights."""
+    """Host memory per rank for the engine's weights while asleep at level 1 and an offloaded reference model."""
     problems: tuple[str, ...] = ()
     fixes: tuple[str, ...] = ()
 
@@ -206,8 +207,9 @@ class MemoryPlan:
                f"  awake (rollout, sync): {_gib(self.awake_total)}; update: {_gib(self.update_total)} "
                f"(engine keeps {_gib(self.engine_asleep)})",
                f"  gpu_memory_utilization {self.gpu_memory_utilization:.2f} ({self.fraction_reason})"]
-        if i.sleep_level == 1:
-            out.append(f"  host memory pinned by sleep level 1: {_gib(self.host_bytes)} per rank")
+        if self.host_bytes:
+            out.append(f"  host memory (engine weights asleep at level 1, offloaded reference): {_gib(self.host_bytes)}"
+                       " per rank")
         if self.fits:
             out.append("  verdict: fits")
         else:
@@ -334,7 +336,8 @@ def plan_memory(inputs: PlanInputs, *, suggest_fixes: bool = True) -> MemoryPlan
         problems.append(f"update: trainer peak {_gib(peak)} + engine {'asleep' if i.sleep_level else 'awake'} "
                         f"{_gib(asleep)} = {_gib(peak + asleep)} > usable {_gib(usable)}")
     engine = {**fixed, "kv_cache": max(kv, 0)}
-    host = fixed["weights"] if i.sleep_level == 1 else 0
+    host = (fixed["weights"] if i.sleep_level == 1 else 0) + (
+        i.geometry.parameters * dtype_bytes(i.compute_dtype) if i.reference == "cpu" else 0)
     plan = MemoryPlan(i, trainer, resident, peak, engine, max(budget, 0), asleep, kv_floor, max(fraction, 0.0),
                       reason, usable, host, tuple(problems))
     if problems and suggest_fixes:
@@ -357,6 +360,7 @@ def _fixes(i: PlanInputs) -> list[str]:
         candidates.append((f"algorithm.max_tokens_per_micro_batch={half}",
                            dataclasses.replace(i, micro_batch_tokens=half)))
     if i.reference == "gpu":
+        candidates.append(("model.reference_offload=true", dataclasses.replace(i, reference="cpu")))
         candidates.append(("no reference model (algorithm.kl_coef=0)", dataclasses.replace(i, reference="none")))
     for ranks in (2, 4, 8):
         if ranks > i.ranks:

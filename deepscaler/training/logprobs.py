@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from deepscaler.precision import logprob_mismatch
+from deepscaler.rollout.engine_setup import empty_cuda_cache
 from deepscaler.training.micro_batches import restore_order
 from deepscaler.training.packing import pad_responses, token_logprobs
 from deepscaler.training.rollouts import Rollouts
@@ -29,6 +30,20 @@ def sequence_logprobs(run: Run, model: torch.nn.Module, batch: Rollouts, tempera
             logprobs, _ = token_logprobs(model, micro, temperature, packed_attention=decisions.packed_attention)
             results.append([logprobs[k, : len(batch.response_ids[i])].float().cpu() for k, i in enumerate(indices)])
     return restore_order(results, plan)
+
+
+def reference_logprobs(run: Run, batch: Rollouts, temperature: float) -> list[torch.Tensor]:
+    """:func:`sequence_logprobs` under the reference model; with ``model.reference_offload`` the model comes from
+    host memory for this phase only and goes back after it (its device memory returned to the driver)."""
+    model = run.ref_model
+    if not run.config.model.reference_offload:
+        return sequence_logprobs(run, model, batch, temperature)
+    model.to(run.decisions.device)
+    try:
+        return sequence_logprobs(run, model, batch, temperature)
+    finally:
+        model.to("cpu")
+        empty_cuda_cache()
 
 
 def mismatch_metrics(trainer: list[torch.Tensor], rollout: list[list[float]]) -> dict[str, float]:

@@ -32,7 +32,7 @@ from deepscaler.algorithms import get_advantage_estimator, overlong_reward_penal
 from deepscaler.training.checkpoint import TrainerState
 from deepscaler.training.config import TrainConfig
 from deepscaler.training.distributed import all_gather, all_sum, reduce_over_ranks
-from deepscaler.training.logprobs import mismatch_metrics, sequence_logprobs
+from deepscaler.training.logprobs import mismatch_metrics, reference_logprobs, sequence_logprobs
 from deepscaler.training.metrics import Timer, summarize
 from deepscaler.training.plots import plot_run
 from deepscaler.training.rank_log import logger
@@ -91,7 +91,7 @@ def grpo_step(run: Run, state: TrainerState) -> dict[str, float]:
         ref_logprobs = None
         if run.ref_model is not None:
             with timer("ref"):
-                ref_logprobs = sequence_logprobs(run, run.ref_model, batch, cfg.rollout.temperature)
+                ref_logprobs = reference_logprobs(run, batch, cfg.rollout.temperature)
 
         # 7-8. ppo_epochs x mini-batches of whole groups, token-budget micro-batches, optimizer steps.
         with timer("update"):

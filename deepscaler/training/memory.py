@@ -56,7 +56,8 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
         micro_batch_tokens=max(s.algorithm.max_tokens_per_micro_batch for s in stages), ranks=ranks,
         param_dtype=policy.param_dtype, compute_dtype=policy.compute_dtype, rollout_dtype=policy.rollout_dtype,
         gradient_checkpointing=all(s.model.gradient_checkpointing for s in stages),
-        reference="gpu" if any(s.algorithm.kl_coef != 0 for s in stages) else "none",
+        reference=("none" if all(s.algorithm.kl_coef == 0 for s in stages) else
+                   "cpu" if config.model.reference_offload else "gpu"),
         sleep_level=sleep, cuda_graphs=not eager,
         max_num_batched_tokens=config.rollout.max_num_batched_tokens or PlanInputs.max_num_batched_tokens,
         requested_fraction=config.rollout.gpu_memory_utilization,

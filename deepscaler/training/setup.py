@@ -150,17 +150,18 @@ def check_data_parallel(configs: Sequence[TrainConfig], dist: DistInfo) -> None:
                                   f"use a multiple of {dist.world_size} (or change --nproc_per_node)")
 
 
-def load_policy_model(path: str, decisions: RunDecisions, trainable: bool = True) -> torch.nn.Module:
-    """Load a causal LM with the run's trainer attention (deepscaler.precision.load_causal_lm) and move it to the
-    device; a frozen copy (``trainable=False``) is kept in the compute dtype, as DeepScaleR kept its reference
-    model in bf16."""
+def load_policy_model(path: str, decisions: RunDecisions, trainable: bool = True,
+                      device: str | torch.device | None = None) -> torch.nn.Module:
+    """Load a causal LM with the run's trainer attention (deepscaler.precision.load_causal_lm) and move it to
+    ``device`` (None: the run's); a frozen copy (``trainable=False``) is kept in the compute dtype, as DeepScaleR
+    kept its reference model in bf16."""
     check_model_path(path)
     model, _ = load_causal_lm(path, decisions.policy, decision=decisions.trainer_attention)
     if trainable:
-        model.to(device=decisions.device, dtype=to_torch_dtype(decisions.policy.param_dtype))
+        model.to(device=device or decisions.device, dtype=to_torch_dtype(decisions.policy.param_dtype))
         model.train()
     else:
-        model.to(device=decisions.device, dtype=to_torch_dtype(decisions.policy.compute_dtype))
+        model.to(device=device or decisions.device, dtype=to_torch_dtype(decisions.policy.compute_dtype))
         model.eval()
         model.requires_grad_(False)
     return model

@@ -75,7 +75,8 @@ def start_stage(session: Session, stage: Stage) -> Run:
         # the reference is the model the stage started from (DeepScaleR relaunched each stage from a checkpoint)
         ref_path = config.model.reference or (config.model.path if stage.index == 0 else str(
             ckpt.checkpoint_dir(config.trainer.run_dir, stage.protected_steps[stage.index - 1])))
-        ref_model = load_policy_model(ref_path, decisions, trainable=False)
+        ref_model = load_policy_model(ref_path, decisions, trainable=False,
+                                      device="cpu" if config.model.reference_offload else None)
     optimizer = build_optimizer(session.model.parameters(), config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps=stage.end - state.stage_start_step)
     scaler = torch.amp.GradScaler(decisions.device.type, enabled=decisions.policy.loss_scaling)

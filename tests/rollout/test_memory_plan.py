@@ -151,3 +151,12 @@ def test_inputs_are_validated_and_sizes_parsed():
     assert parse_bytes("80GB") == 80 * 10**9 and parse_bytes(" 141 GiB ") == 141 * GiB
     with pytest.raises(ValueError, match="80GiB"):
         parse_bytes("eighty")
+
+
+def test_an_offloaded_reference_leaves_the_gpu_to_the_engine():
+    offloaded = plan(STAGES["8k"], 1, 80, 1, reference="cpu")
+    resident, peak = one_rank()
+    # the bf16 reference (P x 2 bytes) leaves the resident memory; the update's peak never held it
+    assert offloaded.trainer_resident == resident - P * 2 and offloaded.trainer_peak == peak - P * 2
+    assert offloaded.gpu_memory_utilization == fraction(80 * GiB, resident - P * 2 + SYNC) == 0.67
+    assert offloaded.host_bytes == P * 2 + P * 2  # the sleeping engine's bf16 weights + the reference

@@ -120,3 +120,14 @@ def test_a_skipped_update_wakes_the_old_weights_at_level_1_and_syncs_at_level_2(
           reward_fn=nothing_to_learn, engine=set_level(2))
     # level 2 discarded the weights: the unchanged ones are loaded again (and checked) before validation
     assert calls[3:] == ["generate", "sleep2", *WAKE_LOAD, "generate"]
+
+
+def test_an_offloaded_reference_model_trains_the_same(tiny_model_dir, tmp_path, engine):
+    """model.reference_offload only moves the reference model between phases: the same run with it on ends with
+    the same metrics (on CPU both devices are the host, so this checks the path end to end)."""
+    results = [train(config_for(tiny_model_dir, tmp_path / str(flag), "trainer.total_steps=1",
+                                f"model.reference_offload={flag}"), train_problems=PROBLEMS, val_problems=VAL,
+                     reward_fn=letter_first, engine=engine).metrics for flag in (False, True)]
+    assert "actor/kl" in results[0]
+    for key in ("actor/kl", "actor/pg_loss", "actor/grad_norm", "reward/mean"):
+        assert results[1][key] == results[0][key], key

@@ -245,3 +245,27 @@ def test_layout_choice_and_padded_planning():
     assert sorted(i for batch in plan for i in batch) == list(range(6))
     assert all(len(batch) * max(lengths[i] for i in batch) <= 100 for batch in plan)
     assert plan == [[1, 3], [4, 2, 0], [5]]  # longest first: padding only up to each batch's longest
+
+
+def test_an_offloaded_reference_visits_the_device_only_for_its_log_probs(monkeypatch):
+    from types import SimpleNamespace
+
+    from deepscaler.training import logprobs
+
+    moves: list = []
+
+    class Model:
+        def to(self, device):
+            moves.append(str(device))
+            return self
+
+    monkeypatch.setattr(logprobs, "sequence_logprobs", lambda run, model, batch, t: moves.append("logprobs") or [])
+    monkeypatch.setattr(logprobs, "empty_cuda_cache", lambda: moves.append("empty_cache"))
+    run = SimpleNamespace(ref_model=Model(), decisions=SimpleNamespace(device="cuda:3"),
+                          config=SimpleNamespace(model=SimpleNamespace(reference_offload=True)))
+    logprobs.reference_logprobs(run, None, 0.6)
+    assert moves == ["cuda:3", "logprobs", "cpu", "empty_cache"]
+    moves.clear()
+    run.config.model.reference_offload = False
+    logprobs.reference_logprobs(run, None, 0.6)
+    assert moves == ["logprobs"]
