@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deepscaler.training.config import TrainConfig
 
 EXAMPLES = """examples:
   deepscaler train                                            # the CPU demo (tiny model, arithmetic)
@@ -28,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", "-c", default=None, metavar="PATH_OR_PRESET",
                         help="YAML file or preset name from deepscaler/recipes (see --list)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="validate, print the resolved config and the batch geometry, then exit")
+                        help="validate, print the resolved config, the batch geometry and the memory plan, then exit")
     parser.add_argument("--gpu-memory", default=None, metavar="SIZE",
                         help="plan the GPU memory for a card of this size (e.g. 80GiB, 141GiB) instead of the one "
                              "found; sets precision.gpu_memory")
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(config, ranks: int | None = None) -> int:
+def dry_run(config: TrainConfig, ranks: int | None = None) -> int:
     """Print the resolved config, the batch geometry of the run and of each stage, and the memory plan; 2 when
     the plan does not fit (its block lists the numbers and the fixes)."""
     import os

@@ -123,7 +123,7 @@ class RolloutEngine:
         """``decision``: the rollout dtype and attention already decided for ``config`` (the trainer decides once
         at start-up, :func:`resolve_rollout_attention`); None resolves it here."""
         self.config = config
-        # In-process engine core: starts in seconds and lets us call the worker's model directly.
+        # In-process engine core: starts in seconds and lets us call the worker's reload_weights directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.decision = decision or resolve_rollout_attention(config)
         device = self.decision.device_type

@@ -37,8 +37,8 @@ def sleep_level_choice(requested: int | None, device_type: str) -> tuple[int, st
     gets the GPU; waking restores the weights, which keeps a step that skipped its update (no group with signal
     under dynamic sampling) safe: the engine wakes with the weights of the last sync. Level 2 drops the weights
     too: every wake then needs a full weight load before generating, and buffers that a state-dict load does
-    not write are lost (vllm#29341; TRL reloads from disk after each wake for that reason). vLLM's CPU backend has
-    no sleep mode (it needs the CUDA memory pool allocator)."""
+    not write are lost (vllm#29341; TRL reloads from disk after each wake for that reason). vLLM has no sleep mode on
+    CPU (``Platform.is_sleep_mode_available``: CUDA, ROCm and XPU only)."""
     if requested is not None and requested not in (0, 1, 2):
         raise ValueError(f"rollout.sleep_level={requested}: expected 0 (off), 1 or 2, or null for automatic")
     if device_type != "cuda":

@@ -95,7 +95,7 @@ def decide(config: TrainConfig, engine: Any = None, ranks: int = 1) -> RunDecisi
     check_model_path(config.model.path)  # the CPU KV-cache size reads the model's config
     model_config = AutoConfig.from_pretrained(config.model.path)
     plan = None
-    if engine_device_type() == "cuda":  # trainer and engine share the GPU: the plan sizes the engine, or refuses
+    if engine_device_type() == "cuda" and device.type == "cuda":  # one GPU for both: the plan sizes the engine
         plan = plan_for_config(config, ranks=ranks, policy=policy, model_config=model_config)[0].check()
     memory = engine_memory(config, policy.rollout_dtype, config.model.path, engine_max_model_len(config), plan)
     trainer_attention = resolve_attention("trainer", model_config, policy, request=config.model.attention, env=env)

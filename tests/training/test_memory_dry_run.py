@@ -78,7 +78,10 @@ def test_on_a_gpu_the_run_decides_the_engine_fraction_from_the_plan_or_stops(tin
     from deepscaler.training import decisions as decisions_module
     from deepscaler.training.config import load_config
 
+    import torch
+
     monkeypatch.setattr(decisions_module, "engine_device_type", lambda: "cuda")
+    monkeypatch.setattr(decisions_module, "decide_device", lambda request: (torch.device("cuda"), "pretended"))
     base = [f"model.path={tiny_model_dir}", "precision.gpu_memory=8GiB", "precision.policy=fp32",
             "data.max_prompt_length=64", "data.max_response_length=64", "algorithm.max_tokens_per_micro_batch=128"]
     decided = decisions_module.decide(load_config(None, base))
