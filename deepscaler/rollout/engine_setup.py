@@ -79,7 +79,9 @@ def precision_env(rollout_dtype: str, device_type: str) -> tuple[dict[str, str],
 
     vLLM serves float32 on CUDA with its Triton attention, whose ``tl.dot`` calls name no ``input_precision``;
     Triton then computes float32 dots in TF32 on sm80+ (about 1e-3 relative error) unless
-    ``TRITON_F32_DEFAULT=ieee``. A float32 rollout should be float32, so that is set (unless the user set it)."""
+    ``TRITON_F32_DEFAULT=ieee``. A float32 rollout should be float32, so that is set (unless the user set it). It
+    is process-wide: any Triton float32 dot without an explicit ``input_precision`` in the trainer is IEEE too
+    (deepscaler's own attention kernel names its precision)."""
     if device_type != "cuda" or rollout_dtype != "float32":
         return {}, "no Triton float32 attention to pin"
     current = os.environ.get("TRITON_F32_DEFAULT")

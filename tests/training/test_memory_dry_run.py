@@ -74,11 +74,11 @@ def test_a_bad_size_is_a_config_error(capsys, r1_config_dir):
 def test_on_a_gpu_the_run_decides_the_engine_fraction_from_the_plan_or_stops(tiny_model_dir, monkeypatch):
     """decide() on a (pretended) CUDA machine: the plan is part of the run's decisions and sets the engine's
     fraction; a plan that cannot fit raises before any model loads."""
+    import torch
+
     from deepscaler.rollout.memory_plan import MemoryPlanError
     from deepscaler.training import decisions as decisions_module
     from deepscaler.training.config import load_config
-
-    import torch
 
     monkeypatch.setattr(decisions_module, "engine_device_type", lambda: "cuda")
     monkeypatch.setattr(decisions_module, "decide_device", lambda request: (torch.device("cuda"), "pretended"))
