@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from deepscaler.rollout.memory_plan import ModelGeometry, PlanInputs, engine_fixed_memory
+
 MiB = 1 << 20
 
 GPU_FRACTION = {"train": 0.85, "eval": 0.9}
@@ -192,8 +194,6 @@ def _fraction_for_kv(model_config: Any, kv_bytes: int, max_model_len: int, max_n
                      rollout_dtype: str, gpu_total_bytes: int | None) -> float:
     """The fraction an explicit KV size needs on a GPU: the engine's fixed memory plus the KV cache, over the
     card's total, rounded up to a hundredth."""
-    from deepscaler.rollout.memory_plan import ModelGeometry, PlanInputs, engine_fixed_memory
-
     if model_config is None:
         raise ValueError("resolve_engine_memory: the model config is needed to derive the GPU fraction an explicit "
                          "KV-cache size needs (or set the fraction too)")

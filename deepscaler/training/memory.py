@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from transformers import AutoConfig
+
+from deepscaler.precision import get_policy
 from deepscaler.rollout.engine_setup import enforce_eager_choice, sleep_level_choice
 from deepscaler.rollout.memory_plan import MemoryPlan, ModelGeometry, PlanInputs, parse_bytes, plan_memory
 from deepscaler.training.config import TrainConfig, stage_config
@@ -25,14 +29,11 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
         policy: the resolved PrecisionPolicy (None: from ``precision.policy``, bf16-mixed for auto).
         model_config: the policy's transformers config (None: read from ``model.path``).
     """
-    from deepscaler.precision import get_policy
-    from deepscaler.training.decisions import engine_max_model_len  # decisions asks this module for the plan
+    from deepscaler.training.decisions import engine_max_model_len  # decisions imports this module (a cycle)
 
     if gpu_memory_bytes is None and config.precision.gpu_memory is not None:
         gpu_memory_bytes = parse_bytes(config.precision.gpu_memory)
     if gpu_memory_bytes is None:
-        import torch
-
         if not torch.cuda.is_available():
             return None, "no memory plan: no CUDA GPU here (plan for one with --gpu-memory 80GiB)"
         gpu_memory_bytes = torch.cuda.mem_get_info()[1]
@@ -41,8 +42,6 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
         policy = get_policy(PLANNED_POLICY if name == "auto" else name)
     if model_config is None:
         try:
-            from transformers import AutoConfig
-
             model_config = AutoConfig.from_pretrained(config.model.path)
         except (OSError, ValueError) as error:
             return None, (f"no memory plan: cannot read the model config at model.path={config.model.path} "

@@ -136,16 +136,17 @@ def test_data_parallel_checkpoint_is_a_plain_one(runs):
 def test_fsdp2_gets_the_policys_mixed_precision_for_16_bit_policies(monkeypatch):
     """Layers all-gather in the compute dtype and reduce in float32; the root (embeddings, LM head) keeps its
     float32 weights; float32 policies shard without a mixed-precision policy (recorded fully_shard calls)."""
-    import torch.distributed.device_mesh as device_mesh
     import torch.distributed.fsdp as fsdp
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from deepscaler.precision import get_policy
+    from deepscaler.training import distributed
     from deepscaler.training.distributed import DistInfo, shard_model
 
     calls = []
-    monkeypatch.setattr(device_mesh, "init_device_mesh", lambda *args, **kwargs: "mesh")
-    monkeypatch.setattr(fsdp, "fully_shard", lambda module, **kwargs: calls.append((type(module).__name__, kwargs)))
+    monkeypatch.setattr(distributed, "init_device_mesh", lambda *args, **kwargs: "mesh")
+    monkeypatch.setattr(distributed, "fully_shard",
+                        lambda module, **kwargs: calls.append((type(module).__name__, kwargs)))
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                         num_attention_heads=2, num_key_value_heads=1))
     shard_model(model, DistInfo(0, 2, 0, "gloo"), get_policy("bf16-mixed"))
