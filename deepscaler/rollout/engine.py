@@ -242,10 +242,8 @@ class RolloutEngine:
         trimmed = [list(ids[:-1]) if stop and ids else list(ids) for ids, stop in zip(token_ids, stopped, strict=True)]
         return [text.rstrip("\ufffd") for text in self.tokenizer.batch_decode(trimmed, skip_special_tokens=True)]
 
-    # ------------------------------------------------------------------ sleep mode and weight loading
-    # The order follows TRL's colocate mode and verl's sharding manager: asleep while the trainer computes
-    # log-probs and updates; to resume, free the trainer's cached blocks, map the weights, load, map the KV cache,
-    # and drop cached prefixes (computed with the old weights; sleep clears them too).
+    # Sleep mode, in the order of TRL's colocate mode and verl's sharding manager: asleep during log-probs and the
+    # update; then free cached blocks, map weights, load, map the KV cache, drop prefixes computed with old weights.
 
     @property
     def asleep(self) -> bool:
@@ -285,13 +283,12 @@ class RolloutEngine:
         self._asleep = False
         self._reset_prefix_cache()
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        """Copy new weights into the running engine, in place (same as load_weights_and_resume)."""
-        self.load_weights_and_resume(named_tensors)
+    update_weights = load_weights_and_resume
+    """Copy new weights into the running engine, in place (the name the trainer's sync and the demo use)."""
 
     def _wake(self, tags: list[str]) -> None:
         awake = self.llm.wake_up(tags=tags)
-        if tags == ["kv_cache"] and awake is False:  # vLLM returns whether every pool is mapped again
+        if tags == ["kv_cache"] and awake is False:  # vLLM: whether every pool is mapped again
             raise RuntimeError("vLLM's wake_up left part of the engine asleep after waking weights and KV cache")
 
     def _reset_prefix_cache(self) -> None:
