@@ -13,6 +13,15 @@ from deepscaler.rollout.engine_setup import enforce_eager_choice, sleep_level_ch
 from deepscaler.rollout.memory_plan import MemoryPlan, ModelGeometry, PlanInputs, parse_bytes, plan_memory
 from deepscaler.training.config import TrainConfig, stage_config
 
+PUBLISHED_GEOMETRIES = {
+    # From the model's published config.json (Qwen2 layout, untied embeddings), so that a dry-run can plan the
+    # recipes' model on a machine that has neither its files nor a network.
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": ModelGeometry(
+        num_layers=28, hidden_size=1536, intermediate_size=8960, num_heads=12, num_kv_heads=2, head_dim=128,
+        vocab_size=151936, tied_embeddings=False, attention_bias=True),
+}
+"""Geometries of the recipes' models, used only when their config cannot be read."""
+
 PLANNED_POLICY = "bf16-mixed"
 """Precision planned for ``precision.policy=auto`` on a GPU that is not here: the preset auto picks on sm80+."""
 
@@ -40,17 +49,23 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
     if policy is None:
         name = config.precision.policy
         policy = get_policy(PLANNED_POLICY if name == "auto" else name)
+    geometry_note = ""
     if model_config is None:
         try:
-            model_config = AutoConfig.from_pretrained(config.model.path)
+            geometry = ModelGeometry.from_config(AutoConfig.from_pretrained(config.model.path))
         except (OSError, ValueError) as error:
-            return None, (f"no memory plan: cannot read the model config at model.path={config.model.path} "
-                          f"({type(error).__name__}); pass a folder or a cached hub id")
+            if config.model.path not in PUBLISHED_GEOMETRIES:
+                return None, (f"no memory plan: cannot read the model config at model.path={config.model.path} "
+                              f"({type(error).__name__}); pass a folder or a cached hub id")
+            geometry = PUBLISHED_GEOMETRIES[config.model.path]
+            geometry_note = f"; {config.model.path}'s published geometry (its config could not be read here)"
+    else:
+        geometry = ModelGeometry.from_config(model_config)
     stages = [stage_config(config, s) for s in config.trainer.stages] or [config]
     sleep, sleep_reason = sleep_level_choice(config.rollout.sleep_level, "cuda")
     eager, _ = enforce_eager_choice(config.rollout.enforce_eager, "cuda")
     inputs = PlanInputs(
-        geometry=ModelGeometry.from_config(model_config), gpu_memory_bytes=gpu_memory_bytes,
+        geometry=geometry, gpu_memory_bytes=gpu_memory_bytes,
         max_model_len=engine_max_model_len(config),
         micro_batch_tokens=max(s.algorithm.max_tokens_per_micro_batch for s in stages), ranks=ranks,
         param_dtype=policy.param_dtype, compute_dtype=policy.compute_dtype, rollout_dtype=policy.rollout_dtype,
@@ -61,4 +76,4 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
         max_num_batched_tokens=config.rollout.max_num_batched_tokens or PlanInputs.max_num_batched_tokens,
         requested_fraction=config.rollout.gpu_memory_utilization,
         requested_kv_bytes=config.rollout.kv_cache_memory_bytes)
-    return plan_memory(inputs), f"precision {policy.name}; sleep level {sleep} ({sleep_reason})"
+    return plan_memory(inputs), f"precision {policy.name}; sleep level {sleep} ({sleep_reason}){geometry_note}"

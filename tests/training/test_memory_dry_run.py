@@ -92,3 +92,17 @@ def test_on_a_gpu_the_run_decides_the_engine_fraction_from_the_plan_or_stops(tin
     assert any(line.startswith("memory plan (1 x 8.0 GiB") for line in decided.lines())
     with pytest.raises(MemoryPlanError, match="rollout.gpu_memory_utilization=null"):
         decisions_module.decide(load_config(None, [*base, "rollout.sleep_level=0", "rollout.gpu_memory_utilization=1"]))
+
+
+def test_the_recipes_model_is_planned_offline_from_its_published_geometry(capsys, r1_config_dir, monkeypatch):
+    """With no files and no network the recipe's hub id still plans, with the same figures as its config."""
+    import deepscaler.training.memory as memory
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(memory.AutoConfig, "from_pretrained", unreachable)
+    code, out, _ = dry_run(capsys, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "--gpu-memory", "80GiB")
+    assert code == 0 and "gpu_memory_utilization 0.63" in out and "published geometry" in out
+    code, out, _ = dry_run(capsys, r1_config_dir.parent / "no-such-model", "--gpu-memory", "80GiB")
+    assert "no memory plan: cannot read the model config" in out
