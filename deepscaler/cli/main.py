@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from deepscaler import __version__
+from deepscaler.console import configure
 
 SUBCOMMANDS = ("train", "eval", "plot", "doctor", "bench")
+VERBOSE_HELP = ("show vLLM's, transformers' and other libraries' log lines, warnings and progress bars live (by "
+                "default they go to the run's log file, RUN_DIR/logs/, only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,18 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="GRPO post-training of small LLMs on verifiable math, with explained precision/attention.",
     )
     parser.add_argument("--version", action="version", version=f"deepscaler {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"deepscaler.cli.{name}").register(subparsers)
+    for subparser in subparsers.choices.values():  # `deepscaler train -v` works as well as `deepscaler -v train`
+        subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure(verbose=args.verbose)  # before any subcommand imports vLLM: it reads its logging settings then
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -1,7 +1,7 @@
 """Find and read problem sets: DeepScaleR names, JSON/JSONL/Parquet files, ``datasets`` folders and Hub ids.
 
-``load_problems("aime")`` reads ``<data_dir>/test/aime.json``; ``load_problems("path/to/file.parquet")`` reads
-the file; a folder written by ``Dataset.save_to_disk`` is loaded with ``datasets.load_from_disk``; anything
+``load_problems("aime")`` reads ``<data_dir>/test/aime.json``, else the local cache, else the public Hub dataset
+that holds AIME 2024 (:mod:`deepscaler.data.sources`); ``load_problems("path/to/file.parquet")`` reads the file; a folder written by ``Dataset.save_to_disk`` is loaded with ``datasets.load_from_disk``; anything
 else that looks like ``owner/name`` goes to ``datasets.load_dataset``.
 """
 
@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deepscaler.console.logs import say
 from deepscaler.data.problems import Problem, rows_to_problems
+from deepscaler.data.sources import FILE_SUFFIXES, locate
 
 # DeepScaleR's dataset enums: TestDataset and TrainDataset, file = <split>/<lower-cased name>.json.
 TEST_DATASETS = ("aime", "amc", "math", "minerva", "olympiad_bench")
@@ -22,36 +24,15 @@ ALIASES = {
     "math500": "math", "math-500": "math", "math_500": "math", "minerva_math": "minerva",
     "olympiadbench": "olympiad_bench", "olympiad-bench": "olympiad_bench",
 }
-DATA_DIR_ENV = "DEEPSCALER_DATA_DIR"
-FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 _announced: set[str] = set()
 
 
 def announce(message: str) -> None:
-    """Print a decision or note once per process (the same message is not repeated)."""
+    """A decision or note, once per process (the same message is not repeated): on the console and in the log."""
     if message not in _announced:
         _announced.add(message)
-        print(message, flush=True)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None,
-                     env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[Path, str]:
-    """The folder holding ``test/`` and ``train/`` problem files, and why it was chosen.
-
-    Order: the argument, env ``DEEPSCALER_DATA_DIR``, ``../shared/data/deepscaler`` relative to the working
-    directory if it exists, else ``~/deepscaler/data`` (DeepScaleR's own default).
-    """
-    env = os.environ if env is None else env
-    cwd = Path.cwd() if cwd is None else cwd
-    if data_dir is not None:
-        return Path(data_dir).expanduser(), "given by --data-dir / data_dir"
-    if env.get(DATA_DIR_ENV):
-        return Path(env[DATA_DIR_ENV]).expanduser(), f"from env {DATA_DIR_ENV}"
-    shared = (cwd / ".." / "shared" / "data" / "deepscaler").resolve()
-    if shared.is_dir():
-        return shared, "../shared/data/deepscaler exists beside the working directory"
-    return Path("~/deepscaler/data").expanduser(), f"default (no --data-dir, no {DATA_DIR_ENV}, no ../shared data)"
+        say(message, prefix=None)
 
 
 def read_rows(path: Path) -> list[Any]:
@@ -101,13 +82,6 @@ def _pick_split(dataset: Any, split: str, where: str) -> Any:
     raise ValueError(f"{where}: no split '{split}' (has {', '.join(splits)}); pass split= / --split")
 
 
-def _named_file(name: str, split: str, data_dir: Path) -> Path | None:
-    candidates = [data_dir / split / f"{name}{suffix}" for suffix in FILE_SUFFIXES]
-    if split == "test":  # DeepScaleR's converted layout: ~/deepscaler/data/<name>.parquet
-        candidates.append(data_dir / f"{name}.parquet")
-    return next((c for c in candidates if c.is_file()), None)
-
-
 def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (
         path / "state.json").is_file()
@@ -119,9 +93,10 @@ def load_problems(spec: str | os.PathLike, data_dir: str | os.PathLike | None = 
     """Load a problem set as ``Problem`` records.
 
     spec: a DeepScaleR name (aime, amc, math, minerva, olympiad_bench; train: also omni_math, still,
-        deepscaler, olympiad) read from ``<data_dir>/<split>/<name>.json``; a .json/.jsonl/.parquet path;
+        deepscaler, olympiad) read from ``<data_dir>/<split>/<name>.json``, the local cache or the Hub
+        (:func:`deepscaler.data.sources.locate`); a .json/.jsonl/.parquet path;
         a folder saved with ``datasets``' ``save_to_disk``; or a Hugging Face Hub dataset id.
-    data_dir: folder with test/ and train/ (see ``resolve_data_dir``).
+    data_dir: folder with test/ and train/; None: env ``DEEPSCALER_DATA_DIR`` (then the cache, then the Hub).
     split: "test" or "train" for names; the split to take from a ``datasets`` DatasetDict.
     problem_key / answer_key: column names (dots reach into nested dicts); auto-detected when None.
     limit: keep only the first ``limit`` problems (smoke runs).
@@ -130,21 +105,17 @@ def load_problems(spec: str | os.PathLike, data_dir: str | os.PathLike | None = 
     text = str(spec)
     path = Path(text).expanduser()
     name = ALIASES.get(text.lower(), text.lower())
-    if path.is_file():
+    bare = "/" not in text and "\\" not in text and not path.suffix
+    # a known name wins over a same-named folder of the working directory (e.g. the deepscaler package itself)
+    if bare and (name in TEST_DATASETS + TRAIN_DATASETS or not path.exists()):
+        located = locate(name, split, data_dir)
+        announce(f"[deepscaler.data] {name} ({split}): {located.where} (from the {located.reason})")
+        rows = read_rows(located.path) if located.path is not None else located.rows
+        source, where = name, located.where
+    elif path.is_file():
         rows, source, where = read_rows(path), path.stem, str(path)
     elif path.is_dir():
         rows, source, where = _read_folder(path, split), path.name, str(path)
-    elif "/" not in text and "\\" not in text and not path.suffix:
-        root, reason = resolve_data_dir(data_dir)
-        found = _named_file(name, split, root)
-        if found is None:
-            known = TEST_DATASETS if split == "test" else TRAIN_DATASETS
-            raise FileNotFoundError(
-                f"dataset '{text}' (split {split}) not found: looked for {root / split / name}"
-                f"{{{','.join(FILE_SUFFIXES)}}} with data_dir {root} ({reason}). Known names: {', '.join(known)}. "
-                f"Fix: pass --data-dir DIR or set {DATA_DIR_ENV}, or give a file path or a Hub dataset id.")
-        announce(f"[deepscaler.data] data_dir {root} ({reason})")
-        rows, source, where = read_rows(found), name, str(found)
     elif path.suffix.lower() in FILE_SUFFIXES or text.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{text}: no such file or folder (give an existing path, a dataset name such as "
                                 f"{', '.join(TEST_DATASETS)}, or a Hub dataset id owner/name)")

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from deepscaler.algorithms import get_advantage_estimator, overlong_reward_penalty
+from deepscaler.console import open_run_log
 from deepscaler.training.checkpoint import TrainerState
 from deepscaler.training.config import TrainConfig
 from deepscaler.training.distributed import all_gather, all_sum, reduce_over_ranks
@@ -149,6 +150,7 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
         on_step_end: hook called after each step's metrics and checkpoint are written.
     """
     session = setup_session(config, train_problems, val_problems, reward_fn, engine)
+    run_log = open_run_log(session.run_dir, "train", session.dist.rank)  # RUN_DIR/logs/: every library's records
     state, progress, metrics_log = session.state, session.progress, session.metrics_log
     last_metrics: dict[str, float] = {}
     last_checkpoint = session.resume
@@ -180,6 +182,7 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
                     on_step_end(step, last_metrics)
     finally:
         session.close()
+        run_log.close()
     plots = plot_run(session.run_dir) if config.logging.plots and session.dist.is_main else []
     logger.info(f"done: {state.step} steps; metrics {metrics_log.path}; checkpoint {last_checkpoint}")
     return TrainResult(session.run_dir, state.step, last_metrics, last_checkpoint, plots)

@@ -1,4 +1,5 @@
-"""Metrics: the always-on JSONL file, optional trackers (wandb / tensorboard / trackio), and the progress display.
+"""Metrics: the always-on JSONL file and optional trackers (wandb / tensorboard / trackio); the progress display
+is :mod:`deepscaler.console.progress`.
 
 Metric names are namespaced the way verl/DeepScaleR users read them: ``reward/mean``, ``response_length/mean``,
 ``response_length/clip_ratio``, ``actor/kl``, ``actor/clipfrac``, ``actor/entropy``, ``actor/grad_norm``,
@@ -12,27 +13,12 @@ import contextlib
 import importlib
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
-from tqdm.auto import tqdm
-
 METRICS_FILE = "metrics.jsonl"
-
-# Shown in the progress display, in this order, with short labels.
-LIVE_METRICS = [
-    ("reward/mean", "reward", "{:.3f}"),
-    ("response_length/mean", "len", "{:.0f}"),
-    ("actor/kl", "kl", "{:.2e}"),
-    ("timing_s/step", "s/step", "{:.2f}"),
-    ("throughput/tokens_per_s", "tok/s", "{:.0f}"),
-]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -206,61 +192,3 @@ def _open_tracker(backend: str, run_dir: Path, project: str, experiment: str, co
 
         return _Tensorboard()
     raise ValueError(f"logging.backends: unknown tracker '{backend}'; choose from wandb, tensorboard, trackio")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Progress display
-
-
-class Progress:
-    """Live progress: a rich bar on a TTY (``auto``/``rich``), tqdm, or one plain line per step (CI logs)."""
-
-    def __init__(self, total: int, initial: int = 0, mode: str = "auto", stream=None):
-        self.total, self.step = total, initial
-        self.stream = stream or sys.stderr
-        if mode == "auto":
-            mode = "rich" if getattr(self.stream, "isatty", lambda: False)() else "plain"
-        self.mode = mode
-        self._started = time.perf_counter()
-        self._bar: Any = None
-        if mode == "rich":
-            self._bar = RichProgress(TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[live]}"),
-                                     console=Console(file=self.stream), transient=False)
-            self._task = self._bar.add_task("train", total=total, completed=initial, live="")
-            self._bar.start()
-        elif mode == "tqdm":
-            self._bar = tqdm(total=total, initial=initial, desc="GRPO", file=self.stream, dynamic_ncols=True)
-
-    @staticmethod
-    def live_text(metrics: dict[str, Any]) -> str:
-        parts = []
-        for key, label, fmt in LIVE_METRICS:
-            value = metrics.get(key)
-            if isinstance(value, int | float):
-                parts.append(f"{label} {fmt.format(value)}")
-        return " | ".join(parts)
-
-    def update(self, step: int, metrics: dict[str, Any]) -> None:
-        advance, self.step = step - self.step, step
-        text = self.live_text(metrics)
-        if self.mode == "rich":
-            self._bar.update(self._task, advance=advance, live=text)
-        elif self.mode == "tqdm":
-            self._bar.update(advance)
-            self._bar.set_postfix_str(text)
-        elif self.mode == "plain":
-            print(f"step {step}/{self.total} | {text}", file=self.stream, flush=True)
-
-    def message(self, text: str) -> None:
-        """A line above the bar (validation results, checkpoint saved, ...)."""
-        if self.mode == "rich":
-            self._bar.console.print(text)
-        elif self.mode == "tqdm":
-            self._bar.write(text)
-        elif self.mode == "plain":
-            print(text, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.mode in ("rich", "tqdm") and self._bar is not None:
-            self._bar.stop() if self.mode == "rich" else self._bar.close()

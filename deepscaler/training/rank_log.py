@@ -1,26 +1,15 @@
-"""The run's console voice: ``logger.info("...")`` prints ``[deepscaler] ...`` on stdout from the rank that speaks
-for all (rank 0), and stays quiet on the others. :func:`configure_rank_logging` sets this once per process."""
+"""The run's console voice: ``logger.info("...")`` shows ``[deepscaler] ...`` on the console from the rank that
+speaks for all (rank 0) and goes to every rank's log file; :mod:`deepscaler.console` routes it."""
 
 from __future__ import annotations
 
 import logging
-import sys
+
+from deepscaler.console import set_rank
 
 logger = logging.getLogger("deepscaler.run")
 
 
-class _StdoutHandler(logging.Handler):
-    """Writes to the current ``sys.stdout`` at each record (not the one at creation), flushed."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stdout, flush=True)
-
-
-def configure_rank_logging(is_main: bool) -> None:
-    """Rank 0 prints the run's messages; other data-parallel ranks print only warnings and errors."""
-    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("[deepscaler] %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+def configure_rank_logging(rank: int) -> None:
+    """This process's data-parallel rank: rank 0 prints the run's messages, every rank logs them to its file."""
+    set_rank(rank)

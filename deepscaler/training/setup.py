@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from deepscaler.console import Progress
 from deepscaler.data import detect_think_prefill, encode_prompts, load_problems
 from deepscaler.precision import load_causal_lm, to_torch_dtype
 from deepscaler.rewards import score_responses
@@ -21,7 +22,7 @@ from deepscaler.training.config import ConfigError, TrainConfig, dump_yaml, stag
 from deepscaler.training.config import validate as validate_config
 from deepscaler.training.decisions import RunDecisions, check_model_path, decide, engine_config
 from deepscaler.training.distributed import DistInfo, init_distributed, shard_model, shutdown
-from deepscaler.training.metrics import MetricsLogger, Progress
+from deepscaler.training.metrics import MetricsLogger
 from deepscaler.training.rank_log import configure_rank_logging, logger
 from deepscaler.training.run import PromptSet, RewardFn
 from deepscaler.training.stream import derive_seed
@@ -73,7 +74,7 @@ def setup_session(config: TrainConfig, train_problems: Sequence[Any] | None = No
     validate_config(config)
     group_existed = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist, dist_reason = init_distributed(config.precision.device)
-    configure_rank_logging(dist.is_main)
+    configure_rank_logging(dist.rank)
     check_data_parallel([config, *[stage_config(config, s) for s in config.trainer.stages]], dist)
     run_dir = Path(config.trainer.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,7 @@ def test_limit_and_missing_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_problems(tmp_path / "absent.json")
     with pytest.raises(FileNotFoundError, match=r"dataset 'minerva' \(split test\) not found.*--data-dir"):
-        load_problems("minerva", data_dir=tmp_path)
+        load_problems("minerva", data_dir=tmp_path)  # not in the folder, not cached, Hub unreachable
 
 
 def test_named_dataset_from_data_dir(tmp_path):
@@ -164,17 +164,13 @@ def test_named_dataset_from_data_dir(tmp_path):
     assert len(load_problems("aime", data_dir=tmp_path, split="train")) == 3
 
 
-def test_data_dir_resolution_each_branch(tmp_path):
-    assert resolve_data_dir("/x/given", env={})[0] == Path("/x/given")
-    path, reason = resolve_data_dir(None, env={"DEEPSCALER_DATA_DIR": "/from/env"}, cwd=tmp_path)
+def test_data_dir_resolution_each_branch():
+    assert resolve_data_dir("/x/given", env={"DEEPSCALER_DATA_DIR": "/from/env"}) == (
+        Path("/x/given"), "--data-dir / data.data_dir")
+    path, reason = resolve_data_dir(None, env={"DEEPSCALER_DATA_DIR": "/from/env"})
     assert path == Path("/from/env") and "DEEPSCALER_DATA_DIR" in reason
-    project = tmp_path / "project"
-    project.mkdir()
-    (tmp_path / "shared" / "data" / "deepscaler").mkdir(parents=True)
-    path, reason = resolve_data_dir(None, env={}, cwd=project)
-    assert path == (tmp_path / "shared" / "data" / "deepscaler").resolve() and "shared" in reason
-    path, reason = resolve_data_dir(None, env={}, cwd=tmp_path / "shared" / "data")
-    assert path == Path("~/deepscaler/data").expanduser() and "default" in reason
+    path, reason = resolve_data_dir(None, env={})
+    assert path is None and "unset" in reason
 
 
 def test_normalize_answers():
