@@ -12,7 +12,10 @@ from pathlib import Path
 
 from deepscaler.config import ConfigError, parse_overrides
 from deepscaler.config.flags import FLAG_PREFIX, add_field_flags, flag_overrides
+from deepscaler.console import open_run_log
+from deepscaler.data.sources import DataNotFoundError
 from deepscaler.evaluation.config import EvalConfig, list_eval_presets, load_eval_config
+from deepscaler.models.resolve import ModelNotFoundError, check_run_models
 from deepscaler.rewards.config import THINK_FORMATS
 
 EXAMPLES = """examples:
@@ -59,7 +62,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from deepscaler.evaluation.runner import evaluate  # loads the data and engine stack
 
-    evaluate(config)
+    # <output_dir>/logs/eval.log holds vLLM's and transformers' records; without an output folder they are kept
+    # until exit (deepscaler.console)
+    run_log = open_run_log(config.output_dir, "eval") if config.output_dir else None
+    try:
+        check_run_models(config.model, "--model")  # before anything starts
+        evaluate(config)
+    except ModelNotFoundError as error:
+        details = f" (details: {run_log.path})" if run_log else ""
+        print(f"deepscaler eval: {error}{details}", file=sys.stderr)
+        return 2
+    except DataNotFoundError as error:  # one message with the three ways to provide the data, no traceback
+        print(f"deepscaler eval: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if run_log is not None:
+            run_log.close()
     if config.output_dir:
         print(f"results: {Path(config.output_dir) / 'results.json'}; responses: {Path(config.output_dir)}/<dataset>/"
               "responses.jsonl")

@@ -75,9 +75,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         return dry_run(config, args.ranks)
+    import os
+
+    from deepscaler.console import open_run_log
+    from deepscaler.data import DataNotFoundError
+    from deepscaler.models.resolve import ModelNotFoundError, check_run_models
     from deepscaler.training.loop import train
 
-    train(config)
+    run_log = open_run_log(config.trainer.run_dir, "train", rank=int(os.environ.get("RANK", "0")))
+    try:
+        check_run_models(config.model.path, "model.path", config.model.tokenizer)  # before anything starts
+    except ModelNotFoundError as error:
+        print(f"deepscaler train: {error} (details: {run_log.path})", file=sys.stderr)
+        run_log.close()
+        return 2
+    try:
+        train(config)
+    except DataNotFoundError as error:  # one message with the three ways to provide the data, no traceback
+        print(f"deepscaler train: {error}", file=sys.stderr)
+        return 2
+    finally:
+        run_log.close()
     return 0
 
 

@@ -283,6 +283,7 @@ def _reset_for_tests() -> None:
         if handler is not None:
             root.removeHandler(handler)
             handler.close()
+    logging.captureWarnings(False)
     reload_logger = logging.getLogger(RELOAD_LOGGER)
     for flt in list(reload_logger.filters):
         if isinstance(flt, _RotaryReloadNote):

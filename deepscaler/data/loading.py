@@ -109,7 +109,7 @@ def load_problems(spec: str | os.PathLike, data_dir: str | os.PathLike | None = 
     # a known name wins over a same-named folder of the working directory (e.g. the deepscaler package itself)
     if bare and (name in TEST_DATASETS + TRAIN_DATASETS or not path.exists()):
         located = locate(name, split, data_dir)
-        announce(f"[deepscaler.data] {name} ({split}): {located.where} (from the {located.reason})")
+        announce(f"[deepscaler.data] {name} ({split}): {located.where} ({located.reason})")
         rows = read_rows(located.path) if located.path is not None else located.rows
         source, where = name, located.where
     elif path.is_file():

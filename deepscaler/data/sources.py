@@ -116,14 +116,14 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if folder is not None:
         found = named_file(name, split, folder)
         if found is not None:
-            return Located(found, None, str(found), f"data folder {folder} ({folder_reason})")
+            return Located(found, None, str(found), f"data folder from {folder_reason}")
         tried.append(f"data folder {folder} ({folder_reason}): no {split}/{name}.json")
     else:
         tried.append(f"data folder: none given ({folder_reason})")
     cache = cache_dir(env) / "data"
     found = named_file(name, split, cache)
     if found is not None:
-        return Located(found, None, str(found), f"local cache {cache}")
+        return Located(found, None, str(found), "local cache")
     tried.append(f"local cache {cache}: no {split}/{name}.json")
     source = HUB_SOURCES.get((split, name))
     if source is None:
@@ -138,7 +138,7 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None,
             target = cache / split / f"{name}.json"
             saved = _write_cache(target, rows)
             return Located(target if saved else None, None if saved else rows, f"hub:{source.repo}",
-                           f"Hugging Face Hub {source.repo}" + (f", saved to {target}" if saved else ""))
+                           "downloaded from the Hugging Face Hub" + (f", saved to {target}" if saved else ""))
     raise DataNotFoundError(no_data_message(name, split, tried, cache))
 
 

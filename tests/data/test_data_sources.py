@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from deepscaler.data import HUB_SOURCES, DataNotFoundError, load_problems
-from deepscaler.data import sources
+from deepscaler.data import HUB_SOURCES, DataNotFoundError, load_problems, sources
 
 REAL_FETCH = sources.fetch_hub_rows
 

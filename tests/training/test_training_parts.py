@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
 
@@ -14,7 +13,6 @@ from deepscaler.training import checkpoint as ckpt
 from deepscaler.training.config import OptimConfig
 from deepscaler.training.metrics import (
     MetricsLogger,
-    Progress,
     group_solve_rates,
     read_metrics,
     response_metrics,
@@ -194,22 +192,6 @@ def test_missing_tracker_fails_with_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(ImportError, match=r"pip install wandb.*deepscaler\[wandb\]"):
         MetricsLogger(tmp_path, backends=["wandb"])
-
-
-def test_plain_progress_prints_live_metrics():
-    stream = io.StringIO()
-    progress = Progress(total=4, mode="auto", stream=stream)  # not a TTY -> one plain line per step
-    progress.update(1, {"reward/mean": 0.25, "response_length/mean": 12.0, "timing_s/step": 1.5,
-                        "throughput/tokens_per_s": 480.0})
-    progress.close()
-    assert stream.getvalue().strip() == "step 1/4 | reward 0.250 | len 12 | s/step 1.50 | tok/s 480"
-    rich_stream = io.StringIO()
-    live = Progress(total=4, mode="rich", stream=rich_stream)
-    live.update(2, {"reward/mean": 0.5})
-    live.message("step 2 validation Pass@1: aime 0.100")
-    live.close()
-    assert "reward 0.500" in rich_stream.getvalue() and "2/4" in rich_stream.getvalue()
-    assert "aime 0.100" in rich_stream.getvalue()
 
 
 def test_plots_are_written_from_metrics(tmp_path):
