@@ -5,9 +5,10 @@
    accuracy per category.
 2. Answers/s in this one process, caches cleared before each timed pass:
    * on the labelled set;
-   * on a realistic mix built from the ``test/`` split of the data folder (``deepscaler.data.resolve_data_dir``) (MATH-500 and AIME 2024): full
-     ``<think>…</think>`` responses whose thinking holds a stray boxed guess and whose final ``\\boxed{}``
-     holds the problem's gold (half) or another problem's gold (half). Skipped cleanly without the data.
+   * on a realistic mix built from MATH-500 and AIME 2024 (found as ``deepscaler eval`` finds them: ``--data-dir``
+     / ``DEEPSCALER_DATA_DIR``, the local cache, the public Hub; see docs/data.md): full ``<think>…</think>``
+     responses whose thinking holds a stray boxed guess and whose final ``\\boxed{}`` holds the problem's gold
+     (half) or another problem's gold (half). Skipped cleanly without the data.
 3. The same mix through ``score_responses`` (process pool), for reference.
 
 Run: ``python benchmarks/grader.py [--data-dir DIR] [--workers N] [--skip-pool]``.
@@ -23,12 +24,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from deepscaler.data import resolve_data_dir
+from deepscaler.data import DataNotFoundError, load_problems
 from deepscaler.rewards import RewardConfig, is_equivalent, math_reward, score_responses
 from deepscaler.rewards.config import GRADER_NAMES
 
 CASES = Path(__file__).parent / "data" / "grader_cases.jsonl"
-DATA_DIR = resolve_data_dir()[0] / "test"
 LABELS = {"default": "ours (default)", "math_verify": "math-verify alone", "deepscaler": "DeepScaleR rules"}
 
 
@@ -88,14 +88,13 @@ def accuracy_table(cases: list[dict]) -> None:
         print(f"  {cat:<20}" + "".join(f"{per_category[g][cat]:>20.3f}" for g in GRADER_NAMES))
 
 
-def build_mix(data_dir: Path, seed: int = 0) -> list[tuple[str, str, bool]] | None:
-    """``(response, gold, is_right)`` items from MATH-500 and AIME golds, half right, half wrong."""
+def build_mix(data_dir: Path | None, seed: int = 0) -> list[tuple[str, str, bool]]:
+    """``(response, gold, is_right)`` items from MATH-500 and AIME golds, half right, half wrong.
+
+    Raises ``DataNotFoundError`` when a set is found nowhere (its message says how to provide it)."""
     problems = []
-    for name in ("math.json", "aime.json"):
-        path = data_dir / name
-        if not path.exists():
-            return None
-        problems += [(row["problem"], str(row["answer"])) for row in json.loads(path.read_text())]
+    for name in ("math", "aime"):
+        problems += [(p.problem, p.answers[0]) for p in load_problems(name, data_dir=data_dir)]
     rng = random.Random(seed)
     golds = [gold for _, gold in problems]
     items = []
@@ -116,10 +115,11 @@ def build_mix(data_dir: Path, seed: int = 0) -> list[tuple[str, str, bool]] | No
     return items
 
 
-def throughput_mix(data_dir: Path, workers: int, skip_pool: bool) -> None:
-    items = build_mix(data_dir)
-    if items is None:
-        print(f"\n== Throughput mix: skipped ({data_dir} has no math.json/aime.json) ==")
+def throughput_mix(data_dir: Path | None, workers: int, skip_pool: bool) -> None:
+    try:
+        items = build_mix(data_dir)
+    except DataNotFoundError as error:
+        print(f"\n== Throughput mix: skipped ({error}) ==")
         return
     print(f"\n== Throughput mix: {len(items)} full responses (MATH-500 + AIME golds, half right) ==")
     for grader in GRADER_NAMES:
@@ -151,7 +151,9 @@ def throughput_mix(data_dir: Path, workers: int, skip_pool: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with math.json and aime.json")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with test/math.json and test/aime.json (default: $DEEPSCALER_DATA_DIR, then the "
+                             "local cache, then the public Hub; see docs/data.md)")
     parser.add_argument("--workers", type=int, default=2, help="pool size for the pool measurement")
     parser.add_argument("--skip-pool", action="store_true", help="do not measure the process pool")
     args = parser.parse_args()

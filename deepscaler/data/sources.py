@@ -128,6 +128,9 @@ def locate(name: str, split: str, data_dir: str | os.PathLike | None = None,
     source = HUB_SOURCES.get((split, name))
     if source is None:
         tried.append(f"Hugging Face Hub: no public dataset is known for '{name}' ({split})")
+    elif hub_offline():
+        tried.append(f"Hugging Face Hub {source.repo}: not contacted (offline mode: HF_HUB_OFFLINE / "
+                     "HF_DATASETS_OFFLINE)")
     else:
         try:
             rows = fetch_hub_rows(source)
@@ -151,6 +154,15 @@ def no_data_message(name: str, split: str, tried: list[str], cache: Path) -> str
             f"Provide it one of three ways: (1) --data-dir DIR (or {DATA_DIR_ENV}=DIR) where DIR/{split}/{name}.json "
             "is DeepScaleR's file (its repository's deepscaler/data folder); (2) put that file in the local cache, "
             f"{cache / split / (name + '.json')}; (3) {hub}.")
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face libraries are in offline mode (their flags, read now, not at their import)."""
+    import huggingface_hub
+
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return huggingface_hub.is_offline_mode() or any(
+        os.environ.get(flag, "").upper() in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
 def fetch_hub_rows(source: HubSource) -> list[dict[str, Any]]:

@@ -10,11 +10,11 @@ the log file instead (logger ``deepscaler.models.resolve``).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepscaler.console import say
+from deepscaler.data.sources import hub_offline  # the same offline flags decide for data and models
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,6 @@ def _looks_like_hub_id(spec: str) -> bool:
     return not spec.startswith((".", "/", "~")) and spec.count("/") <= 1 and "\\" not in spec and bool(spec.strip())
 
 
-def _offline() -> bool:
-    import huggingface_hub
-
-    return huggingface_hub.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES",
-                                                                                                "TRUE")
-
-
 def resolve_model(spec: str, field: str, *, weights: bool = True, tokenizer: bool = True) -> ModelLocation:
     """Check that ``spec`` (the value of ``field``, e.g. ``model.path`` or ``--model``) can be loaded.
 
@@ -94,7 +87,7 @@ def resolve_model(spec: str, field: str, *, weights: bool = True, tokenizer: boo
         if (snapshot / CONFIG_FILE).is_file():
             return ModelLocation(spec, "Hub cache", f"snapshot {snapshot}")
         tried.append(f"Hub cache: snapshot {snapshot} has no config.json")
-    if _offline():
+    if hub_offline():
         tried.append("Hub: not contacted (HF_HUB_OFFLINE=1)")
         raise ModelNotFoundError(_message(field, spec, tried))
     try:

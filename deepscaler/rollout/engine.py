@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepscaler.console import is_verbose
 from deepscaler.rollout.engine_setup import (
     check_vllm_features,
     empty_cuda_cache,
@@ -151,6 +152,8 @@ class RolloutEngine:
             max_num_seqs=config.max_num_seqs,
             # Sampled-token logprobs after temperature: what the trainer recomputes from logits / T.
             logprobs_mode="processed_logprobs",
+            # vLLM's checkpoint-shard loading bar goes to the console only with `deepscaler -v`
+            use_tqdm_on_load=is_verbose(),
         )
         chunked, chunked_reason = chunked_prefill_choice(config.enable_chunked_prefill, self.decision.device_type)
         if chunked is not None:

@@ -75,8 +75,16 @@ def fake_hub(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(sources, "fetch_hub_rows", REAL_FETCH)
-    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    _online(monkeypatch)
     return calls
+
+
+def _online(monkeypatch):
+    import huggingface_hub
+
+    for flag in (sources.DATA_DIR_ENV, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
 
 
 @pytest.mark.parametrize(("split", "name"), sorted(HUB_SOURCES))
@@ -113,7 +121,7 @@ def test_resolution_order_data_dir_then_cache_then_hub(fake_hub, offline_empty_c
 
 
 def test_no_data_and_no_network_gives_one_message_with_the_three_ways(offline_empty_cache, monkeypatch):
-    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    _online(monkeypatch)  # online as far as the flags say, but the network is down (the fetch raises)
     with pytest.raises(DataNotFoundError) as info:
         load_problems("aime")
     message = str(info.value)
@@ -123,6 +131,13 @@ def test_no_data_and_no_network_gives_one_message_with_the_three_ways(offline_em
     assert "(3) let it download once from the Hugging Face Hub (HuggingFaceH4/aime_2024" in message
     assert "ConnectionError: no network in tests" in message  # what the Hub attempt said
     assert info.value.__cause__ is None and "\n" not in message  # one message, no chained traceback
+
+
+def test_offline_flag_skips_the_hub_at_once(monkeypatch, fake_hub):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataNotFoundError, match=r"HuggingFaceH4/MATH-500: not contacted \(offline mode"):
+        load_problems("math")
+    assert fake_hub == []
 
 
 def test_a_name_without_a_hub_source_says_so(monkeypatch):
@@ -136,7 +151,7 @@ def test_hub_schema_change_is_reported_not_guessed(monkeypatch, offline_empty_ca
     monkeypatch.setattr(datasets, "load_dataset",
                         lambda repo, config=None, split=None: datasets.Dataset.from_list([{"text": "Q", "label": 1}]))
     monkeypatch.setattr(sources, "fetch_hub_rows", REAL_FETCH)
-    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    _online(monkeypatch)
     with pytest.raises(DataNotFoundError, match=r"KeyError: .*has no 'problem'/'answer' column \(columns: text, label"):
         load_problems("aime")
 

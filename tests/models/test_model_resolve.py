@@ -63,8 +63,8 @@ def test_unknown_id_offline_says_what_was_tried(monkeypatch):
 
 
 def test_hub_answers_each_branch(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
     siblings = {"org/model": ["config.json", "model.safetensors", "tokenizer.json"], "org/empty": ["README.md"]}
 
