@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepscaler.console.logs import say
 from deepscaler.data.loading import announce
 from deepscaler.data.problems import INSTRUCTION, Problem
 
@@ -118,7 +119,7 @@ def encode_prompts(problems: Sequence[Problem], tokenizer: Any, max_prompt_lengt
             result.prompt_token_ids.append(list(ids))
     if result.dropped:
         where = f"{label}: " if label else ""
-        print(f"[deepscaler.data] {where}dropped {len(result.dropped)} of {len(problems)} prompts longer than "
-              f"max_prompt_length={max_prompt_length} tokens (longest {max(result.dropped_lengths)}); "
-              "raise --max-prompt-length to keep them", flush=True)
+        say(f"{where}dropped {len(result.dropped)} of {len(problems)} prompts longer than "
+            f"max_prompt_length={max_prompt_length} tokens (longest {max(result.dropped_lengths)}); "
+            "raise --max-prompt-length to keep them", prefix="deepscaler.data")
     return result

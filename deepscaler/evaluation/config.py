@@ -47,8 +47,8 @@ class EvalConfig:
     """Engine context length; None: max_prompt_length + max_tokens, capped at the model's
     max_position_embeddings (with a printed note)."""
     data_dir: str | None = None
-    """Folder with test/ and train/ problem files; None: env DEEPSCALER_DATA_DIR, ../shared/data/deepscaler,
-    or ~/deepscaler/data."""
+    """Folder with test/ and train/ problem files; None: env DEEPSCALER_DATA_DIR. A named set not found there comes
+    from the local cache or the public Hub (docs/data.md)."""
     split: str = "test"
     """Which split named datasets are read from."""
     max_problems: int | None = None
