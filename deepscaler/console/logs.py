@@ -78,7 +78,8 @@ class _ConsoleFilter(logging.Filter):
 
 
 class _ConsoleFormatter(logging.Formatter):
-    """Our messages as written (they carry their own ``[deepscaler]`` prefix); others with level and logger."""
+    """Our messages with a ``[deepscaler]`` prefix unless they carry their own (``[deepscaler.data] …``); others
+    with level and logger."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,7 +87,8 @@ class _ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if is_ours(record.name):
-            return record.getMessage()
+            message = record.getMessage()
+            return message if message.startswith("[") else f"[{OURS}] {message}"
         return self._third_party.format(record)
 
 
@@ -113,7 +115,8 @@ class _BufferHandler(logging.Handler):
         self.records: deque[logging.LogRecord] = deque(maxlen=BUFFER_RECORDS)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if not _state.files:  # while a run log is open, records go there only
+            self.records.append(record)
 
 
 class _RotaryReloadNote(logging.Filter):
@@ -150,7 +153,7 @@ def configure(verbose: bool = False) -> None:
         _route_third_party()
         return
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
+    root.setLevel(logging.INFO)  # other libraries' DEBUG records (matplotlib's font search, ...) are not kept
     logging.getLogger(OURS).setLevel(logging.DEBUG)
     _state.console = _StdoutHandler()
     _state.console.addFilter(_ConsoleFilter())

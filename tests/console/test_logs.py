@@ -113,10 +113,25 @@ def test_nested_run_logs_share_one_file(tmp_path):
 
 def test_records_without_a_run_folder_are_written_at_exit(tmp_path):
     logs.configure(verbose=False)
+    run_log = logs.open_run_log(tmp_path / "run", "eval")
+    logging.getLogger("vllm.config").info("inside the run")
+    run_log.close()
     logging.getLogger("vllm.config").info("max_num_batched_tokens set")
+    logging.getLogger("matplotlib.font_manager").debug("findfont: score")  # other libraries' DEBUG: dropped
+    logging.getLogger("deepscaler.precision").debug("our own debug line")  # ours: kept
     logs._flush_unattached()
     (written,) = (tmp_path / "stray-logs").glob("deepscaler-*.log")
-    assert "max_num_batched_tokens set" in written.read_text()
+    text = written.read_text()
+    assert "max_num_batched_tokens set" in text and "our own debug line" in text
+    assert "inside the run" not in text and "findfont" not in text  # each record in exactly one file
+
+
+def test_our_lines_get_a_prefix_unless_they_carry_one(tmp_path, capsys):
+    logs.configure(verbose=False)
+    logging.getLogger("deepscaler.rollout.engine").info("chunked prefill: False (off on CPU)")
+    logs.say("aime (test): from the cache", prefix="deepscaler.data")
+    assert capsys.readouterr().out == ("[deepscaler] chunked prefill: False (off on CPU)\n"
+                                       "[deepscaler.data] aime (test): from the cache\n")
 
 
 def test_rotary_reload_warning_becomes_one_note(tmp_path, capsys):
