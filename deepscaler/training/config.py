@@ -234,7 +234,7 @@ class LoggingConfig:
     project: str = "deepscaler"
     """Project name for trackers."""
     progress: str = "auto"
-    """"auto" (rich live display on a TTY, one line per step otherwise), "rich", "tqdm", "plain", "none"."""
+    """"auto" (rich live display on a TTY, a line every few steps otherwise), "rich", "tqdm", "plain", "none"."""
     log_rollouts_every: int = 0
     """Write sampled (prompt, response, reward) rows to rollouts.jsonl every N steps (0 = never)."""
     plots: bool = True
