@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure(verbose=args.verbose)  # before any subcommand imports vLLM: it reads its logging settings then
+    configure(verbose=args.verbose, keep_unattached=True)  # before any subcommand imports vLLM (it reads its
+    # logging settings at import)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

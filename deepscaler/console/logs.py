@@ -52,6 +52,7 @@ class _State:
     console: logging.Handler | None = None
     buffer: _BufferHandler | None = None
     files: list[logging.Handler] = field(default_factory=list)
+    keep_unattached: bool = False
 
 
 _state = _State()
@@ -143,10 +144,12 @@ def is_ours(logger_name: str) -> bool:
     return logger_name == OURS or logger_name.startswith(OURS + ".")
 
 
-def configure(verbose: bool = False) -> None:
+def configure(verbose: bool = False, keep_unattached: bool = False) -> None:
     """Route all logging (call once, early: before vLLM is imported if possible). Idempotent; a second call only
-    changes ``verbose``."""
+    changes ``verbose``. ``keep_unattached`` (the command line sets it): at exit, records that never reached a run
+    log are written under the cache folder (library use keeps them in memory only)."""
     _state.verbose = verbose
+    _state.keep_unattached = _state.keep_unattached or keep_unattached
     for name, value in VLLM_ENV.items():
         os.environ.setdefault(name, value)
     if _state.configured:
@@ -166,7 +169,7 @@ def configure(verbose: bool = False) -> None:
     logging.getLogger(RELOAD_LOGGER).addFilter(_RotaryReloadNote())
     _route_third_party()
     _state.configured = True
-    atexit.register(_flush_unattached)
+    atexit.register(_flush_unattached)  # acts only when keep_unattached was asked for
 
 
 def _route_third_party() -> None:
@@ -248,7 +251,7 @@ def _drain_buffer_into(handler: logging.Handler) -> None:
 def _flush_unattached() -> None:
     """At exit, records that never reached a run log (a command without a run folder) go to a file under the
     cache folder rather than nowhere."""
-    if _state.buffer is None or not _state.buffer.records:
+    if not _state.keep_unattached or _state.buffer is None or not _state.buffer.records:
         return
     folder = Path(os.environ.get("DEEPSCALER_LOG_DIR") or Path.home() / ".cache" / "deepscaler" / LOG_DIR)
     try:

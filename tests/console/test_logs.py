@@ -112,7 +112,7 @@ def test_nested_run_logs_share_one_file(tmp_path):
 
 
 def test_records_without_a_run_folder_are_written_at_exit(tmp_path):
-    logs.configure(verbose=False)
+    logs.configure(verbose=False, keep_unattached=True)  # as the command line does
     run_log = logs.open_run_log(tmp_path / "run", "eval")
     logging.getLogger("vllm.config").info("inside the run")
     run_log.close()
@@ -150,3 +150,10 @@ def test_rotary_reload_warning_becomes_one_note(tmp_path, capsys):
     assert "INFO [rank 0] vllm.model_executor.model_loader.reload.layerwise: vLLM's in-place weight reload" in text
     assert "WARNING [rank 0] vllm.model_executor.model_loader.reload.layerwise: QKVParallelLinear: Failed" in text
     assert capsys.readouterr().out.count("RotaryEmbedding") == 1
+
+
+def test_library_use_keeps_unattached_records_in_memory_only(tmp_path):
+    logs.configure(verbose=False)  # as train() / load_problems() called from Python do
+    logging.getLogger("vllm.config").info("max_num_batched_tokens set")
+    logs._flush_unattached()
+    assert not (tmp_path / "stray-logs").exists()
