@@ -13,6 +13,11 @@ import sys
 import time
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from tqdm.auto import tqdm
+
 # Shown in the progress display, in this order, with short labels.
 LIVE_METRICS = [
     ("reward/mean", "reward", "{:.3f}"),
@@ -85,24 +90,12 @@ class Progress:
         self._started = time.perf_counter()
         self._bar: Any = None
         if self.mode == "rich":
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
             self._bar = RichProgress(TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[live]}"),
                                      console=Console(file=self.stream), transient=False)
             self._task = self._bar.add_task("train", total=total, completed=initial, live="")
             self._bar.start()
         elif self.mode == "tqdm":
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=total, initial=initial, desc="GRPO", file=self.stream, dynamic_ncols=True)
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:

@@ -158,7 +158,7 @@ def no_data_message(name: str, split: str, tried: list[str], cache: Path) -> str
 
 def hub_offline() -> bool:
     """True when the Hugging Face libraries are in offline mode (their flags, read now, not at their import)."""
-    import huggingface_hub
+    import huggingface_hub  # imported with the Hub code that needs it, not when a data folder answers
 
     flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     return huggingface_hub.is_offline_mode() or any(
@@ -167,7 +167,7 @@ def hub_offline() -> bool:
 
 def fetch_hub_rows(source: HubSource) -> list[dict[str, Any]]:
     """The Hub dataset's rows with ``problem`` and ``answer`` columns (the other columns kept as they are)."""
-    import datasets
+    import datasets  # heavy (pyarrow, fsspec); only a Hub fetch needs it
 
     table = datasets.load_dataset(source.repo, source.config, split=source.hub_split)
     rows = []

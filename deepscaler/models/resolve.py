@@ -75,6 +75,7 @@ def resolve_model(spec: str, field: str, *, weights: bool = True, tokenizer: boo
     if not _looks_like_hub_id(spec):
         raise ModelNotFoundError(_message(field, spec, tried, is_folder=True))
 
+    # imported only when a Hub id must be checked: `deepscaler --help` imports this module through the CLI
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
