@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,7 @@ class RolloutEngine:
         # In-process engine core: starts in seconds and lets us call the worker's reload_weights directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.decision = decision or resolve_rollout_attention(config)
+        self.tied_embeddings = bool(getattr(self.decision.model_config, "tie_word_embeddings", False))
         device = self.decision.device_type
         choices = start_choices(config, self.decision.dtype, device)
         for name, value in {**self.decision.env_vars, **choices.env_vars}.items():
@@ -266,7 +267,8 @@ class RolloutEngine:
             empty_cuda_cache()  # the trainer's cached blocks back to the driver before vLLM maps memory again
             self._wake(["weights"])
         # in-place layerwise reload (vllm#32133); TRL's model.load_weights fails on 0.32's repacked CPU layers
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        weights = with_tied_lm_head(named_tensors) if self.tied_embeddings else iter(named_tensors)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         if self._asleep:
             self._wake(["kv_cache"])
             self._asleep = False
@@ -355,6 +357,22 @@ def chunked_prefill_choice(requested: bool | None, device_type: str) -> tuple[bo
         return False, ("off on CPU: vLLM's CPU worker cannot rewind a seeded request's generator after a "
                        "partial prefill")
     return None, f"vLLM's default on {device_type}"
+
+
+def with_tied_lm_head(named_tensors: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """The tensors, plus ``lm_head.weight`` = the input embeddings when they come without it.
+
+    A tied model's checkpoint file holds only ``model.embed_tokens.weight``; vLLM's layerwise reload then finds
+    nothing for its separate ``ParallelLMHead`` layer and puts the old head back ("ParallelLMHead: Failed to load
+    weights"), so the engine would score with a stale output layer. The trainer's state dict names both."""
+    embeddings, head_seen = None, False
+    for name, tensor in named_tensors:
+        head_seen = head_seen or name == "lm_head.weight"
+        if name == "model.embed_tokens.weight":
+            embeddings = tensor
+        yield name, tensor
+    if embeddings is not None and not head_seen:
+        yield "lm_head.weight", embeddings
 
 
 @dataclass

@@ -157,3 +157,21 @@ def test_prompt_seeds_make_samples_independent_of_position_and_call_seed(engine)
 def test_prompt_seeds_length_must_match_prompts(engine):
     with pytest.raises(ValueError, match=r"prompt_seeds has 1 seeds for 2 prompts.*one seed per prompt"):
         engine.generate(_prompts(engine), SamplingSettings(n=1, max_tokens=4, prompt_seeds=[1]))
+
+
+def test_a_tied_checkpoint_without_lm_head_updates_the_output_layer(engine, hf_model, tiny_model_dir):
+    """A tied model's checkpoint file names only the input embeddings; loading it must move vLLM's output layer
+    too (vLLM's layerwise reload would otherwise keep the old head, 1.15 nats/token off here)."""
+    from transformers import AutoModelForCausalLM
+
+    assert hf_model.config.tie_word_embeddings
+    prompt, response = _prompts(engine)[0], [30, 31, 32, 33]
+    changed = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for param in changed.parameters():
+            param.mul_(1.3)
+    as_saved = {k: v for k, v in changed.state_dict().items() if k != "lm_head.weight"}  # what save_file keeps
+    engine.update_weights(as_saved.items())
+    after = engine.score([prompt + response], [len(prompt)])[0]
+    assert after == pytest.approx(_hf_token_logprobs(changed, prompt, response, 1.0), abs=1e-4)
+    engine.update_weights(hf_model.state_dict().items())

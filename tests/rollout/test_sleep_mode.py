@@ -51,6 +51,7 @@ def fake_engine(sleep_level: int, monkeypatch) -> tuple[RolloutEngine, list]:
     monkeypatch.setattr(engine_module, "empty_cuda_cache", lambda: calls.append(("empty_cache",)))
     engine = object.__new__(RolloutEngine)  # the API under test needs no vLLM start-up
     engine.llm, engine.sleep_level, engine._asleep = FakeLLM(calls), sleep_level, False
+    engine.tied_embeddings = False
     return engine, calls
 
 
