@@ -13,6 +13,21 @@ from deepscaler.algorithms.registry import lookup
 
 KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOW_VAR_KL_CLAMP = 10.0
+LOG_RATIO_CLAMP = 20.0
+"""Bound on a log-ratio before ``exp`` (verl ``core_algos.py``: ``kl_penalty`` low_var_kl and the vanilla PPO loss
+clamp to ±20). ``exp(20) ≈ 4.9e8`` is finite in every float dtype used here, and the clamp's zero gradient
+outside the bound keeps the backward finite where the unclamped ``exp`` would give ``0 · inf = NaN``."""
+
+
+def clamp_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``log_ratio`` clamped to ``[−20, 20]``, and 0 where ``mask`` is 0 (any shape; ``mask`` broadcastable).
+
+    Masking here, before ``exp``, matters for the gradient: a NaN or ±inf on a pad position would otherwise
+    flow back through ``exp`` as ``NaN · 0`` even though the loss aggregation ignores it in the forward pass."""
+    if mask is not None:
+        log_ratio = torch.where(mask.bool(), log_ratio, torch.zeros((), dtype=log_ratio.dtype,
+                                                                    device=log_ratio.device))
+    return log_ratio.clamp(min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -31,9 +46,11 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k3 (verl ``low_var_kl``, DeepScaleR's choice): with ``δ = logp_ref − logp``, ``exp(δ) − δ − 1`` clamped to
-    ``[−10, 10]`` (the clamp guards against exp overflow when the policy drifts far from the reference)."""
-    delta = ref_logprobs - logprobs
+    """k3 (verl ``low_var_kl``, DeepScaleR's choice): with ``δ = clamp(logp_ref − logp, ±20)``, ``exp(δ) − δ − 1``
+    clamped to ``[−10, 10]``, as verl computes it. The value clamp bounds the term when the policy drifts far from
+    the reference; the δ clamp keeps ``exp`` (and so the gradient) finite: at ``δ = 99`` the value is 10 and the
+    gradient 0, not NaN."""
+    delta = clamp_log_ratio(ref_logprobs - logprobs)
     return (torch.exp(delta) - delta - 1).clamp(min=-LOW_VAR_KL_CLAMP, max=LOW_VAR_KL_CLAMP)
 
 

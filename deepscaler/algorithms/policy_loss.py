@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from deepscaler.algorithms.kl import get_kl_estimator
+from deepscaler.algorithms.kl import clamp_log_ratio, get_kl_estimator
 from deepscaler.algorithms.registry import lookup
 
 
@@ -117,8 +117,11 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
                   dual_clip_c: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO clipped surrogate with separate low/high clip (DAPO clip-higher).
 
-    ``ρ = exp(logp − logp_old)``; ``ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))``; with ``dual_clip_c`` (> 1)
-    negative-advantage tokens are further capped at ``−A·c``.
+    ``ρ = exp(clamp(logp − logp_old, ±20))``; ``ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))``; with
+    ``dual_clip_c`` (> 1) negative-advantage tokens are further capped at ``−A·c``. The ±20 log-ratio clamp is
+    verl's (``core_algos.py``, vanilla policy loss): identical below |20|, and beyond it a finite loss with a zero
+    gradient instead of an overflowing ``exp`` whose backward gives NaN (a log-ratio that large means the
+    trainer and the behaviour policy disagree, e.g. a broken weight sync).
 
     Args:
         logprobs, old_logprobs: ``[B, R]``. advantages: ``[B, R]`` or ``[B]`` (broadcast over tokens).
@@ -128,7 +131,7 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
     """
     if advantages.ndim == logprobs.ndim - 1:
         advantages = advantages.unsqueeze(-1)
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp(clamp_log_ratio(logprobs - old_logprobs))
     unclipped = -advantages * ratio
     clipped_loss = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     loss = torch.maximum(unclipped, clipped_loss)
@@ -157,7 +160,7 @@ def truncated_importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: t
     """
     if cap <= 0:
         raise ValueError(f"`tis_cap` must be > 0 (got {cap}); None disables truncated importance sampling")
-    return torch.exp(old_logprobs - rollout_logprobs).clamp(max=cap).detach()
+    return torch.exp(clamp_log_ratio(old_logprobs - rollout_logprobs)).clamp(max=cap).detach()
 
 
 # --------------------------------------------------------------------------------------------- the actor loss
@@ -233,6 +236,12 @@ def compute_policy_loss(
     """
     mask = response_mask.to(logprobs.dtype)
     aggregate = get_loss_aggregation(config.loss_agg_mode)
+    # Pads are zeroed *before* any exp: the aggregation's where() hides a pad's NaN/inf from the forward pass,
+    # but its backward would still multiply the pad's zero gradient by exp(NaN or inf) = NaN.
+    logprobs, old_logprobs, ref_logprobs, entropy, rollout_logprobs = (
+        _zero_pads(values, mask) for values in (logprobs, old_logprobs, ref_logprobs, entropy, rollout_logprobs))
+    if advantages.ndim == mask.ndim:
+        advantages = _zero_pads(advantages, mask)
     pg_tokens, clipped = ppo_clip_loss(logprobs, old_logprobs, advantages, config.clip_ratio_low,
                                        config.clip_ratio_high, config.dual_clip_c)
     metrics: dict[str, float] = {}
@@ -274,6 +283,13 @@ def compute_policy_loss(
 
     metrics["actor/loss"] = float(loss.detach())
     return loss * normalizer.dp_size, metrics
+
+
+def _zero_pads(values: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+    """``values`` with every position where ``mask`` is 0 set to 0 (None stays None). ``[B, R]`` → ``[B, R]``."""
+    if values is None:
+        return None
+    return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 def sum_metrics(per_micro_batch: Iterable[Mapping[str, float]]) -> dict[str, float]:
