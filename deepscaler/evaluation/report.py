@@ -12,6 +12,7 @@ import numpy as np
 from rich.table import Table
 
 from deepscaler.evaluation.passk import mean_pass_at_k
+from deepscaler.evaluation.responses import write_text_atomic
 
 AVERAGE = "average"
 
@@ -89,6 +90,6 @@ def write_results(output_dir: str | os.PathLike, results: Mapping[str, Any]) -> 
     """Write results.json (dataset → metrics, including "average") and results.md."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown_table(results))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown_table(results))
     return out / "results.json"

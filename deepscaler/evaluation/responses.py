@@ -1,7 +1,9 @@
 """Per-problem response records in JSONL, appended as soon as each problem is scored.
 
 One line per problem; a rerun reads the file, skips the problems already there, and appends the rest. A
-crash can only cut the last line short: that partial line is removed on the next open.
+crash can only cut the last line short: that partial line is removed on the next open, so a run killed at any
+byte and rerun loses and duplicates no response. Small whole files (settings, results) are replaced atomically
+with :func:`write_text_atomic`, so a kill never leaves one half-written.
 """
 
 from __future__ import annotations
@@ -10,6 +12,17 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers see the old or the new content."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 class ResponseStore:

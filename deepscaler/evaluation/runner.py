@@ -31,7 +31,7 @@ from deepscaler.evaluation.report import (
     rich_table,
     write_results,
 )
-from deepscaler.evaluation.responses import ResponseStore
+from deepscaler.evaluation.responses import ResponseStore, write_text_atomic
 from deepscaler.rewards import score_responses
 
 # Settings that change the samples: a resumed run must use the same ones.
@@ -155,7 +155,7 @@ def evaluate(config: EvalConfig, engine: Any = None) -> dict[str, dict[str, Any]
     if out is not None:
         _check_settings(out, config)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "settings.json").write_text(json.dumps(_settings(config), indent=2, default=str) + "\n")
+        write_text_atomic(out / "settings.json", json.dumps(_settings(config), indent=2, default=str) + "\n")
     tokenizer = _load_tokenizer(config, engine)
     prompt_opens_think, _ = resolve_think_prefill(tokenizer, config.think_prefill)
     engines = _LazyEngine(config, engine)

@@ -10,6 +10,11 @@ Layout of one checkpoint (``RUN_DIR/checkpoints/step_000040/``)::
 
 A checkpoint is written into ``.tmp-step_000040`` and renamed at the end, so a folder named ``step_*`` is
 always complete (a run killed mid-save leaves only a ``.tmp-*`` folder, which the next save clears).
+``trainer_state.json``, written last, lists every file with its size; :func:`checkpoint_problem` checks those
+sizes and the files' own framing (safetensors header, the zip directory of ``torch.save``), so a checkpoint
+damaged afterwards (a copy cut short, a lost file) is skipped by ``resume=auto`` with a message naming it.
+A save that fails (e.g. ``ENOSPC``) removes only its own temporary folder and raises
+:class:`CheckpointSaveError`; the older checkpoints are pruned only after a new one is complete.
 
 With data parallelism (FSDP2) the ranks gather the full weights and optimizer state and rank 0 writes them, so a
 checkpoint is the same whatever the number of ranks, and a run can resume on a different number.
@@ -17,13 +22,16 @@ checkpoint is the same whatever the number of ranks, and a run can resume on a d
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
 import shutil
+import struct
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,10 +99,73 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+def latest_checkpoint(run_dir: str | Path, report: Callable[[str], None] | None = print) -> Path | None:
+    """The newest usable checkpoint of a run, or None: newer ones that fail :func:`checkpoint_problem` are
+    skipped, each with a message through ``report`` naming it and the reason (``report=None``: silent)."""
     found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    for path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if report is not None:
+            older = [p for p in found if p.name < path.name]
+            report(f"[deepscaler] skipping checkpoint {path}: {problem}; "
+                   + (f"trying the previous one ({older[-1].name})" if older else "no older checkpoint left"))
+    return None
+
+
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed; the previous checkpoints are untouched."""
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it looks whole.
+
+    Checks without reading the tensors: the state file parses; every file it lists has the recorded size;
+    each ``*.safetensors`` header is readable and its tensors end exactly at the end of the file; each
+    ``*.pt`` (``torch.save`` zip) has its zip directory (the part a cut-off write loses first)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        return f"{STATE_FILE} unreadable ({err})"
+    for name, size in (meta.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written (truncated or altered)"
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        return "no *.safetensors weights"
+    for shard in shards:
+        problem = _safetensors_problem(shard)
+        if problem:
+            return f"{shard.name} {problem}"
+    if not (path / "optimizer.pt").is_file():
+        return "optimizer.pt is missing"
+    for blob in sorted(path.glob("*.pt")):
+        if not zipfile.is_zipfile(blob):
+            return f"{blob.name} is not a complete torch.save archive (truncated?)"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """None if the safetensors framing is intact: 8-byte header length, JSON header, data ending at EOF."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            if header_size > size - 8:
+                return f"is truncated ({size} bytes, header alone claims {header_size})"
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError, struct.error) as err:
+        return f"has an unreadable header ({err})"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    if expected != size:
+        return f"is truncated ({size} bytes, its header describes {expected})"
+    return None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -133,8 +204,8 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
     weights = _untied(model, full_state_dict(model, keep=dist.is_main)) if dist.enabled else None
     optimizer_state = full_optimizer_state(model, optimizer) if optimizer is not None else None
     if dist.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in [*final.parent.glob(".tmp-step_*"), *final.parent.glob(".old-step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a run killed mid-save
         tmp.mkdir(parents=True)
     barrier(dist)
     if not dist.is_main:  # each rank's own RNG streams; rank 0 writes the rest
@@ -142,29 +213,54 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
         barrier(dist)
         barrier(dist)
         return final
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    torch.save({
-        "optimizer": optimizer_state,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-    }, tmp / "optimizer.pt")
-    torch.save(capture_rng(), tmp / "rng.pt")
-    meta = {**asdict(state), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "torch": torch.__version__, "config": config, "data_parallel_ranks": dist.world_size}
-    (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    # rank 0 passes both barriers even when a write fails, so the other ranks are not left waiting in them
+    failure: OSError | None = None
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        torch.save({
+            "optimizer": optimizer_state,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        }, tmp / "optimizer.pt")
+        torch.save(capture_rng(), tmp / "rng.pt")
+    except OSError as err:
+        failure = err
     barrier(dist)  # the other ranks' RNG files are in
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. end-of-run save right after a periodic one)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if failure is None:
+        try:
+            meta = {**asdict(state), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "torch": torch.__version__, "config": config, "data_parallel_ranks": dist.world_size,
+                    "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}}
+            (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            _fsync_dir(tmp)
+            _publish(tmp, final)
+        except OSError as err:
+            failure = err
     barrier(dist)  # nobody goes on (or resumes) before the checkpoint is visible
-    if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            if int(STEP_PATTERN.match(old.name).group(1)) not in set(protected_steps):
+    if failure is not None:
+        shutil.rmtree(tmp, ignore_errors=True)  # free what this save took; older checkpoints stay as they were
+        raise save_error(final, failure, latest_checkpoint(run_dir, report=None)) from failure
+    if keep_last > 0:  # only checkpoints up to this step compete: a newer one skipped on resume is not "newest"
+        older = [p for p in list_checkpoints(run_dir) if _step_of(p) <= state.step]
+        for old in older[:-keep_last]:
+            if _step_of(old) not in set(protected_steps):
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_error(final: Path, err: OSError, previous: Path | None) -> CheckpointSaveError:
+    """The error a failed save raises: what failed, why, and that the previous checkpoint is intact."""
+    hint = " (the disk is full: free space or point trainer.run_dir elsewhere)" if err.errno == errno.ENOSPC else ""
+    return CheckpointSaveError(
+        f"could not write checkpoint {final}: {err}{hint}. The previous checkpoint "
+        f"{previous if previous is not None else '(none)'} is intact; rerun the same command "
+        "(checkpoint.resume=auto) to continue from it")
+
+
+def _step_of(path: Path) -> int:
+    return int(STEP_PATTERN.match(path.name).group(1))
 
 
 def _untied(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -236,6 +332,33 @@ def load_rng_state(path: str | Path, rank: int = 0) -> None:
     file = own if own.is_file() else Path(path) / "rng.pt"
     if file.is_file():
         restore_rng(torch.load(file, map_location="cpu", weights_only=False))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``final``. Re-saving a step (e.g. the end-of-run save right after a
+    periodic one) moves the old folder aside first and deletes it only once the new one is in place, so no
+    moment exists where that step has no complete checkpoint on disk."""
+    aside = final.parent / f".old-{final.name}"
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    _fsync_parent(final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync_parent(path: Path) -> None:
+    """Make a rename durable (the directory entry itself); best effort, not every OS allows it."""
+    try:
+        handle = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def _fsync_dir(path: Path) -> None:

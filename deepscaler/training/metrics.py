@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -120,7 +121,10 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            # temp file + rename: a kill during this rewrite must not lose the rows before the resume step
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            os.replace(tmp, self.path)
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a")
