@@ -40,25 +40,51 @@ def split_think(
     return thinking, solution
 
 
+_UNBRACED_BOX = re.compile(r"\\boxed(?:[ \t]+|(?=[0-9+\-.]))(?=[^\s{])([^$\n]{1,200})")
+_UNBRACED_END = re.compile(r"\\\]|\\\)|\\\\")
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of each ``{`` → position after its matching ``}``, in one pass (escaped ``\\{``/``\\}`` are
+    content, not structure). Linear in the text, so 10,000 nested boxes cost no more than their length."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    i, length = 0, len(text)
+    while i < length:
+        ch = text[i]
+        if ch == "\\" and i + 1 < length and text[i + 1] in "{}":
+            i += 2
+            continue
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            pairs[stack.pop()] = i + 1
+        i += 1
+    return pairs
+
+
 def _boxed_spans(text: str, commands: Sequence[str] = _BOX_COMMANDS) -> list[tuple[int, int, str]]:
-    """All brace-matched ``\\boxed{…}``/``\\fbox{…}`` as ``(start, end, content)``, in text order.
+    """All brace-matched ``\\boxed{…}``/``\\fbox{…}`` as ``(start, end, content)``, in text order, plus
+    ``\\boxed 7`` without braces (TeX takes the next token; models mean the rest of the line up to ``$``, as
+    the MATH reference grader reads it).
 
     Unclosed boxes (a truncated response) are skipped.
     """
     spans: list[tuple[int, int, str]] = []
     pattern = "|".join(re.escape(c) for c in commands)
+    pairs: dict[int, int] | None = None
     for match in re.finditer(rf"(?:{pattern})\s*\{{", text):
-        depth, i = 1, match.end()
-        while i < len(text) and depth:
-            ch = text[i]
-            if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-                i += 2  # escaped brace \{ \} belongs to the content
-                continue
-            depth += ch == "{"
-            depth -= ch == "}"
-            i += 1
-        if depth == 0:
-            spans.append((match.start(), i, text[match.end(): i - 1]))
+        if pairs is None:
+            pairs = _matching_braces(text)
+        close = pairs.get(match.end() - 1)
+        if close is not None:
+            spans.append((match.start(), close, text[match.end(): close - 1]))
+    if "\\boxed" in text:
+        for match in _UNBRACED_BOX.finditer(text):
+            content = _UNBRACED_END.split(match.group(1), maxsplit=1)[0].strip().rstrip(".,;").strip()
+            if content:
+                spans.append((match.start(), match.end(), content))
+        spans.sort()
     # Drop boxes nested inside another box (\boxed{\boxed{5}}): the outer one is the answer.
     outer: list[tuple[int, int, str]] = []
     for span in spans:

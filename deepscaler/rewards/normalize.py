@@ -53,7 +53,7 @@ _UNIT_WORDS = (
     "times|percent|steps?|coins?|marbles?|apples?|pages?|cookies?|eggs?|boxes|balls?|books?"
 )
 _UNIT_SUFFIX_TEXT = re.compile(
-    r"\s*\\(?:text|textrm|mbox|mathrm|operatorname)\s*\{(?!\s*[aApP]\.?\s*[mM]\.?\s*\})\s*(?:[a-zA-Z][a-zA-Z ./]*)(?:\^?\{?[23]\}?)?\s*\}"
+    r"\s*\\(?:text|textrm|textnormal|mbox|mathrm|operatorname)\s*\{(?!\s*[aApP]\.?\s*[mM]\.?\s*\})\s*(?:[a-zA-Z][a-zA-Z ./]*)(?:\^?\{?[23]\}?)?\s*\}"
     r"(?:\s*\^\{?[23]\}?)?\s*$"
 )
 _UNIT_SUFFIX_WORDS = re.compile(rf"(?<=[\d}}])\s+(?:(?:{_UNIT_WORDS})\b\.?\s*)+(?:\^\{{?[23]\}}?)?\s*$")
@@ -71,7 +71,7 @@ _SIMPLE_SUBS = [
     (re.compile(r"\\ge(?![a-zA-Z])"), r"\\geq"),
     (re.compile(r"\\neq?(?![a-zA-Z])"), r"\\neq"),
 ]
-_WRAPPERS = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|mbox|boxed)\s*\{(.*)\}$", re.S)
+_WRAPPERS = re.compile(r"^\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|boxed)\s*\{(.*)\}$", re.S)
 
 
 def strip_wrappers(text: str) -> str:
@@ -117,13 +117,13 @@ def normalize_answer(text: str) -> str:
             text = stripped
     text = strip_wrappers(text)
     text = re.sub(r"\s+", " ", text).strip()
-    return text
+    return evaluate_set_operations(text)
 
 
 def comparison_key(text: str) -> str:
     """A whitespace-free, wrapper-free key: two answers with the same key are equal."""
     key = normalize_answer(text)
-    key = re.sub(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}", r"\1", key)
+    key = re.sub(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}", r"\1", key)
     return key.replace(" ", "").replace("{,}", ",")
 
 
@@ -136,7 +136,7 @@ _CHOICE = re.compile(r"^\(?([A-E])\)?(?:[\s:.)]+(.*))?$", re.S)
 
 def choice_letter(text: str) -> tuple[str, str] | None:
     """``(letter, rest)`` for ``B``, ``(B)``, ``\\text{(B)}``, ``\\textbf{(C) }12``, ``\\mathrm{(D)}``."""
-    plain = re.sub(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}", r"\1", text).strip()
+    plain = re.sub(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox)\s*\{([^{}]*)\}", r"\1", text).strip()
     plain = strip_wrappers(plain).strip()
     match = _CHOICE.match(plain)
     if not match:
@@ -154,7 +154,7 @@ _TIME = re.compile(r"^(\d{1,2}:\d{2})\s*((?:[ap])\.?\s*m\.?)?$", re.I)
 
 def text_key(text: str) -> str | None:
     """Lower-case letters-only key of a word answer ("Evelyn", "\\text{yes}", "4:30 p.m."), else None."""
-    plain = re.sub(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}", r"\1", text).strip()
+    plain = re.sub(r"\\(?:text|textbf|textrm|textnormal|mathrm|mbox)\s*\{([^{}]*)\}", r"\1", text).strip()
     time_of_day = _TIME.match(plain)
     if time_of_day:
         return time_of_day.group(1) + re.sub(r"[^apm]", "", (time_of_day.group(2) or "").lower())
@@ -219,6 +219,83 @@ def _balanced_brackets(text: str) -> bool:
             if depth < 0:
                 return False
     return depth == 0
+
+
+_SET_OPERATOR = re.compile(r"\\(cup|cap|setminus|backslash)(?![a-zA-Z])")
+
+
+def evaluate_set_operations(text: str) -> str:
+    """``\\{1,2\\} \\cup \\{3\\}`` → ``\\{1, 2, 3\\}``: a left-to-right chain of ``\\cup``, ``\\cap`` and
+    ``\\setminus`` over explicit finite sets of numbers, or ``\\cap`` of two intervals with numeric ends, is
+    replaced by its result. Anything else (unions of intervals, symbolic sets) is returned unchanged."""
+    if not _SET_OPERATOR.search(text) or len(text) > 500:
+        return text
+    pieces = _SET_OPERATOR.split(text)
+    operands, operators = [p.strip() for p in pieces[0::2]], pieces[1::2]
+    structures = [split_structure(p) for p in operands]
+    if all(opening == "{" for opening, _, _ in structures):
+        return _finite_set_chain(structures, operators) or text
+    if operators == ["cap"] and all(o in "([" and c in ")]" and len(items) == 2 for o, c, items in structures):
+        return _interval_intersection(structures) or text
+    return text
+
+
+def _element_key(item: str) -> tuple | None:
+    value = scalar_value(item)
+    if value is None or value[1]:
+        return None
+    num = value[0]
+    return ("exact", num.exact) if num.exact is not None else ("approx", round(num.approx, 12))
+
+
+def _finite_set_chain(structures: list[tuple[str, str, list[str]]], operators: list[str]) -> str | None:
+    sets: list[dict[tuple, str]] = []
+    for _, _, items in structures:
+        members: dict[tuple, str] = {}
+        for item in items:
+            if not item:
+                continue
+            key = _element_key(item)
+            if key is None:
+                return None
+            members.setdefault(key, item)
+        sets.append(members)
+    result = dict(sets[0])
+    for operator, members in zip(operators, sets[1:], strict=True):
+        if operator == "cup":
+            result.update({k: v for k, v in members.items() if k not in result})
+        elif operator == "cap":
+            result = {k: v for k, v in result.items() if k in members}
+        else:
+            result = {k: v for k, v in result.items() if k not in members}
+    if not result:
+        return "\\emptyset"
+    return "\\{" + ", ".join(result.values()) + "\\}"
+
+
+def _interval_intersection(structures: list[tuple[str, str, list[str]]]) -> str | None:
+    ends = []
+    for opening, closing, (low, high) in structures:
+        low_value, high_value = _endpoint(low), _endpoint(high)
+        if low_value is None or high_value is None:
+            return None
+        ends.append(((low_value, opening == "(", low), (high_value, closing == ")", high)))
+    # the larger lower end (open wins a tie), the smaller upper end (open wins a tie)
+    low = max((e[0] for e in ends), key=lambda end: (end[0], end[1]))
+    high = min((e[1] for e in ends), key=lambda end: (end[0], -end[1]))
+    if low[0] > high[0] or (low[0] == high[0] and (low[1] or high[1])):
+        return "\\emptyset"
+    return f"{'(' if low[1] else '['}{low[2]}, {high[2]}{')' if high[1] else ']'}"
+
+
+def _endpoint(item: str) -> float | None:
+    compact = item.replace(" ", "")
+    if compact in ("\\infty", "+\\infty"):
+        return float("inf")
+    if compact == "-\\infty":
+        return float("-inf")
+    value = scalar_value(item)
+    return None if value is None or value[1] else value[0].approx
 
 
 _RELATION = re.compile(r"=|<|>|\\leq|\\geq|\\neq|\\in\b|\\to\b|\\approx|\\sim")
