@@ -48,6 +48,7 @@ from deepscaler.training.distributed import (
     full_state_dict,
     load_full_optimizer_state,
 )
+from deepscaler.training.faults import trace
 
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -216,14 +217,17 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
     # rank 0 passes both barriers even when a write fails, so the other ranks are not left waiting in them
     failure: OSError | None = None
     try:
+        trace("checkpoint:model", state.step)
         model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        trace("checkpoint:optimizer", state.step)
         torch.save({
             "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         }, tmp / "optimizer.pt")
+        trace("checkpoint:rng", state.step)
         torch.save(capture_rng(), tmp / "rng.pt")
     except OSError as err:
         failure = err
@@ -233,8 +237,10 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
             meta = {**asdict(state), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "torch": torch.__version__, "config": config, "data_parallel_ranks": dist.world_size,
                     "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}}
+            trace("checkpoint:state", state.step)
             (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2, default=str))
             _fsync_dir(tmp)
+            trace("checkpoint:publish", state.step)
             _publish(tmp, final)
         except OSError as err:
             failure = err
@@ -242,6 +248,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainerState, model: torch.nn.Mo
     if failure is not None:
         shutil.rmtree(tmp, ignore_errors=True)  # free what this save took; older checkpoints stay as they were
         raise save_error(final, failure, latest_checkpoint(run_dir, report=None)) from failure
+    trace("checkpoint:prune", state.step)
     if keep_last > 0:  # only checkpoints up to this step compete: a newer one skipped on resume is not "newest"
         older = [p for p in list_checkpoints(run_dir) if _step_of(p) <= state.step]
         for old in older[:-keep_last]:

@@ -272,6 +272,21 @@ class TrainerConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """What a run survives, and for how long (see deepscaler.training.faults)."""
+
+    max_engine_restarts: int = 3
+    """Rollout-engine rebuilds allowed in a row (each retries the failed call with the same seeds); one more
+    failure stops the run with an incident report."""
+    max_nonfinite_steps: int = 3
+    """Steps in a row whose loss or gradient is NaN/Inf (each skipped: no optimizer step); one more stops the run."""
+    max_oom_halvings: int = 3
+    """Times an out-of-memory update is retried with half the micro-batch token budget (0 = never)."""
+    exclude_faulty_backends: bool = True
+    """On resume, leave out the attention backends named by this run's kernel-fault incident reports."""
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy/reference models."""
@@ -295,6 +310,8 @@ class TrainConfig:
     """Run control."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """The math reward (deepscaler.rewards.RewardConfig): reward values, graded segment, grader, time limit."""
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    """Engine restarts, non-finite steps, out-of-memory retries, backend exclusion after kernel faults."""
 
 
 # ----------------------------------------------------------------------------------------------------------

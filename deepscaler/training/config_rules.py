@@ -111,6 +111,9 @@ def config_problems(c: TrainConfig) -> list[str]:
     if c.checkpoint.resume not in ("auto", "never") and not Path(c.checkpoint.resume).is_dir():
         p.append(f"checkpoint.resume='{c.checkpoint.resume}' is not 'auto', 'never' or an existing checkpoint "
                  "folder")
+    f = c.faults
+    if min(f.max_engine_restarts, f.max_nonfinite_steps, f.max_oom_halvings) < 0:
+        p.append("faults.max_engine_restarts, faults.max_nonfinite_steps and faults.max_oom_halvings must be >= 0")
     for backend in c.logging.backends:
         if backend not in ("wandb", "tensorboard", "trackio"):
             p.append(f"logging.backends has '{backend}'; choose from wandb, tensorboard, trackio")

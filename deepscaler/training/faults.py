@@ -21,6 +21,7 @@ the rollout engine's first call of step 3 fail once and step 5's loss non-finite
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -31,6 +32,10 @@ EXIT_KERNEL_FAULT = 75
 """Exit status after a kernel fault (sysexits' EX_TEMPFAIL: rerun the same command to continue)."""
 
 INJECT_ENV = "DEEPSCALER_INJECT_FAULTS"
+TRACE_ENV = "DEEPSCALER_TRACE_FILE"
+"""Test/benchmark hook: append ``<step> <point>`` to this file at every phase and checkpoint file boundary."""
+PAUSE_ENV = "DEEPSCALER_TRACE_PAUSE"
+"""Test/benchmark hook: ``point@step`` makes the process sleep there (a kill then lands exactly at that point)."""
 
 
 class FaultKind(str, Enum):
@@ -241,10 +246,26 @@ class Location:
             self.step = step
         if phase != "update":
             self.micro_batch = {}
+        trace(phase, self.step)
 
 
 where = Location()
 """The process's current location (one run per process)."""
+
+
+def trace(point: str, step: int | None = None) -> None:
+    """Record reaching ``point`` (a phase, or a file of a checkpoint) when ``DEEPSCALER_TRACE_FILE`` is set, and
+    pause there when ``DEEPSCALER_TRACE_PAUSE`` names it: how the chaos benchmark places its kills. No-op
+    otherwise."""
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        return
+    step = where.step if step is None else step
+    with open(path, "a") as handle:
+        handle.write(f"{step} {point}\n")
+        handle.flush()
+    if os.environ.get(PAUSE_ENV) == f"{point}@{step}":
+        time.sleep(3600.0)  # the benchmark kills the process here
 
 
 # ---------------------------------------------------------------------------------------------- injection

@@ -161,7 +161,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert again == config
     assert set(yaml.safe_load((tmp_path / "config.yaml").read_text())) == {
         "model", "data", "rollout", "algorithm", "optim", "precision", "validation", "checkpoint", "logging",
-        "trainer", "reward"}
+        "trainer", "reward", "faults"}
 
 
 def test_every_field_has_a_docstring():
