@@ -1,7 +1,7 @@
 """Hostile model outputs through the reward path of a training step: no hang, no crash, every answer bounded.
 
 1. Each of the N pathological responses of ``deepscaler.rewards.hostile`` is scored alone through the reward
-   process pool (as the trainer scores, with the trainer's default time limit), timed: count, median and max
+   process pool (as the trainer scores, with the training config's default time limit), timed: count, median and max
    seconds per answer, and how many hit the limit (the worker is killed and replaced).
 2. All N together through the trainer's own reward function (``training.setup.default_reward_fn``, what
    ``collect_rollouts`` calls in a step's reward phase), timed against the bound
@@ -19,9 +19,9 @@ import time
 from collections import Counter
 from types import SimpleNamespace
 
-from deepscaler.rewards import RewardConfig, close_pool
+from deepscaler.rewards import RewardConfig, close_pool, score_responses
+from deepscaler.rewards.equivalence import grading_pool
 from deepscaler.rewards.hostile import GOLDS, hostile_responses
-from deepscaler.rewards.pool import get_pool
 from deepscaler.training.config import TrainConfig
 from deepscaler.training.setup import default_reward_fn
 
@@ -30,12 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=TrainConfig().trainer.reward_timeout_s,
-                        help="seconds per answer (default: trainer.reward_timeout_s)")
+    parser.add_argument("--timeout", type=float, default=TrainConfig().reward.timeout_s,
+                        help="seconds per answer (default: the training config's reward.timeout_s)")
     args = parser.parse_args()
     items = hostile_responses(args.count)
     golds = [GOLDS[i % len(GOLDS)] for i in range(len(items))]
-    config = RewardConfig(timeout_s=args.timeout)
+    config = RewardConfig(timeout_s=args.timeout, num_workers=args.workers)
     bound = config.timeout_s + config.pool_grace_s
     sizes = [len(response) for _, response in items]
     print(f"{len(items)} hostile responses, {len(set(c for c, _ in items))} categories, length median "
@@ -43,15 +43,15 @@ def main() -> None:
           f"{config.pool_grace_s:g} s per answer; {args.workers} workers")
 
     close_pool()
-    pool = get_pool(args.workers)
-    pool.map_rewards([("\\boxed{1}", "1", False)] * args.workers, config)  # workers started and warm
+    score_responses(["\\boxed{1}"] * args.workers, ["1"] * args.workers, config)  # workers started and warm
+    pool = grading_pool(args.workers)
     per_answer: list[float] = []
     by_category: dict[str, list[float]] = {}
     rewards: Counter = Counter()
     killed_before = pool.killed
     for (category, response), gold in zip(items, golds, strict=True):
         started = time.perf_counter()
-        (reward,) = pool.map_rewards([(response, gold, False)], config)
+        (reward,) = score_responses([response], [gold], config)
         elapsed = time.perf_counter() - started
         per_answer.append(elapsed)
         by_category.setdefault(category, []).append(elapsed)
@@ -64,7 +64,7 @@ def main() -> None:
         print(f"  {category:<14} n={len(times):4d}  median {statistics.median(times):.4f} s  max {max(times):.2f} s")
 
     trainer = TrainConfig()
-    trainer.trainer.reward_workers, trainer.trainer.reward_timeout_s = args.workers, args.timeout
+    trainer.reward.num_workers, trainer.reward.timeout_s = args.workers, args.timeout
     reward_fn = default_reward_fn(trainer, prompt_opens_think=False)
     problems = [SimpleNamespace(gold=gold) for gold in golds]
     started = time.perf_counter()

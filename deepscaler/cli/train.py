@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from deepscaler.console import open_run_log
     from deepscaler.data import DataNotFoundError
     from deepscaler.models.resolve import ModelNotFoundError, check_run_models
+    from deepscaler.training.checkpoint import CheckpointSaveError
+    from deepscaler.training.faults import EngineFailure, NonFiniteStepsError, classify, exit_hint
     from deepscaler.training.loop import train
 
     run_log = open_run_log(config.trainer.run_dir, "train", rank=int(os.environ.get("RANK", "0")))
@@ -94,6 +96,19 @@ def run(args: argparse.Namespace) -> int:
     except DataNotFoundError as error:  # one message with the three ways to provide the data, no traceback
         print(f"deepscaler train: {error}", file=sys.stderr)
         return 2
+    except (CheckpointSaveError, EngineFailure, NonFiniteStepsError) as error:  # a clear stop, not a bug
+        incident = getattr(error, "incident", None)
+        print(f"deepscaler train: {error}" + (f" (incident: {incident})" if incident else ""), file=sys.stderr)
+        return 1
+    except Exception as error:
+        classification = classify(error)
+        if not classification.blames_attention:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(exit_hint(classification, getattr(error, "incident", None)), file=sys.stderr)
+        return classification.exit_code
     finally:
         run_log.close()
     return 0

@@ -18,7 +18,7 @@ process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,7 +242,8 @@ def _canonical_vllm(name: str) -> str:
 # --------------------------------------------------------------------------------------------- resolver
 def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | str,
                       request: str = "auto", on_incompatible: str = "fallback",
-                      env: EnvironmentProbe | None = None, verify: Verifier | None = None) -> AttentionDecision:
+                      env: EnvironmentProbe | None = None, verify: Verifier | None = None,
+                      exclude: Mapping[str, str] | None = None) -> AttentionDecision:
     """Pick the attention backend for ``engine`` ('trainer' | 'rollout').
 
     ``request="auto"`` takes the best compatible backend; an explicit name is honoured when compatible, else
@@ -252,6 +253,9 @@ def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | 
     ``verify`` runs a trainer backend's numerical self-check; a backend whose check fails is treated as
     incompatible. None: the real, cached self-check when ``env`` is this process's machine (omitted or equal to
     ``probe_environment()``), no check for a hand-built probe (then our own kernel is never chosen by ``auto``).
+
+    ``exclude`` maps backend names to the reason they must not be used (e.g. a kernel fault in an earlier attempt
+    of the run, from its incident report); they count as incompatible, so ``auto`` takes the next one.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -261,12 +265,14 @@ def resolve_attention(engine: str, model_config: Any, policy: PrecisionPolicy | 
     env = env or probe_environment()
     geometry = ModelGeometry.from_config(model_config)
     request = (request or "auto").strip()
+    excluded = {(name if engine == "trainer" else _canonical_vllm(name)): f"excluded: {why}"
+                for name, why in (exclude or {}).items()}
     if engine == "trainer":
         if verify is None and env == probe_environment():
             verify = machine_self_check
-        decision = _resolve_trainer(geometry, policy, request, on_incompatible, env, verify)
+        decision = _resolve_trainer(geometry, policy, request, on_incompatible, env, verify, excluded)
     else:
-        decision = _resolve_rollout(geometry, policy, request, on_incompatible, env)
+        decision = _resolve_rollout(geometry, policy, request, on_incompatible, env, excluded)
     log_decision(decision)
     return decision
 
@@ -344,7 +350,8 @@ NOT_SELF_CHECKED = "not self-checked on this GPU in this process"
 
 
 def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: str, on_incompatible: str,
-                     env: EnvironmentProbe, verify: Verifier | None = None) -> AttentionDecision:
+                     env: EnvironmentProbe, verify: Verifier | None = None,
+                     excluded: Mapping[str, str] | None = None) -> AttentionDecision:
     dtype = policy.compute_dtype
     candidates = _trainer_candidates(dtype, env)
     self_checks: dict[str, str] = {}
@@ -373,7 +380,8 @@ def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: 
             "deepscaler's capability table, so it is not validated (run `deepscaler doctor` to self-check)",
             compute_dtype=dtype, request=request)
     backend, reason, rejected, fell_back = _choose(candidates, dtype, geometry, env, request, on_incompatible,
-                                                   "trainer", checked=checked)
+                                                   "trainer", extra_problems=_excluded_problems(excluded),
+                                                   checked=checked)
     notes = []
     if backend and backend.startswith("flash_attention") and policy.param_dtype == "float32":
         notes.append(FA_FALSE_ALARM_NOTE.format(compute=dtype))
@@ -389,7 +397,7 @@ def _resolve_trainer(geometry: ModelGeometry, policy: PrecisionPolicy, request: 
 
 
 def _resolve_rollout(geometry: ModelGeometry, policy: PrecisionPolicy, request: str, on_incompatible: str,
-                     env: EnvironmentProbe) -> AttentionDecision:
+                     env: EnvironmentProbe, excluded: Mapping[str, str] | None = None) -> AttentionDecision:
     dtype = policy.rollout_dtype
     version = parse_version(env.vllm_version)
     if version is None:
@@ -407,7 +415,8 @@ def _resolve_rollout(geometry: ModelGeometry, policy: PrecisionPolicy, request: 
 
     def unknown_name(name: str) -> list[str]:
         """A name this vLLM's enum lacks is never passed (it would fail, or be ignored, at engine start)."""
-        return [] if era.spell(name) in known else [f"unknown to vLLM {env.vllm_version}"]
+        unknown = [] if era.spell(name) in known else [f"unknown to vLLM {env.vllm_version}"]
+        return unknown + _excluded_problems(excluded)(name)
 
     avoid = era.avoid or {}
     candidates = _rollout_candidates(dtype, env, era)
@@ -448,6 +457,11 @@ def rollout_backend_named(request: str, era: VllmEra, device: str) -> tuple[bool
         return False, ("not named: this vLLM's own selector skips backends that cannot serve the dtype and "
                        "falls back by itself, in the order ranked here")
     return True, "named: this vLLM's selector does not check the dtype"
+
+
+def _excluded_problems(excluded: Mapping[str, str] | None) -> Callable[[str], list[str]]:
+    """``extra_problems`` for :func:`_choose`: the reason a backend is excluded, if it is."""
+    return lambda name: [excluded[name]] if excluded and name in excluded else []
 
 
 def _registered_in_transformers(name: str) -> bool:

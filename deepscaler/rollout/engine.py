@@ -392,9 +392,10 @@ class RolloutDecision:
         return f"rollout dtype={self.dtype}, attention={self.backend or 'vLLM default'}: {self.reason}"
 
 
-def resolve_rollout_attention(config: EngineConfig, env: Any = None) -> RolloutDecision:
+def resolve_rollout_attention(config: EngineConfig, env: Any = None,
+                              exclude: dict[str, str] | None = None) -> RolloutDecision:
     """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine (``env``: an
-    EnvironmentProbe already taken, or None to probe)."""
+    EnvironmentProbe already taken, or None to probe; ``exclude``: backends not to use, with the reason)."""
     from transformers import AutoConfig
 
     from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
@@ -408,7 +409,7 @@ def resolve_rollout_attention(config: EngineConfig, env: Any = None) -> RolloutD
         policy = policy.replace(rollout_dtype=config.dtype)
     model_config = AutoConfig.from_pretrained(config.model)
     decision = resolve_attention("rollout", model_config, policy, request=config.attention_backend,
-                                 on_incompatible=config.on_incompatible, env=env)
+                                 on_incompatible=config.on_incompatible, env=env, exclude=exclude)
     return RolloutDecision(
         dtype=policy.rollout_dtype,
         backend=decision.backend,

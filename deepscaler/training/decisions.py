@@ -72,10 +72,13 @@ class RunDecisions:
         ]
 
 
-def decide(config: TrainConfig, engine: Any = None, ranks: int = 1) -> RunDecisions:
+def decide(config: TrainConfig, engine: Any = None, ranks: int = 1,
+           exclude: dict[str, dict[str, str]] | None = None) -> RunDecisions:
     """Decide everything for ``config`` on this machine (``engine``: an engine already started for this model,
-    whose rollout decision is then the run's; ``ranks``: data-parallel ranks, for the GPU memory plan). Raises
-    MemoryPlanError, before anything loads, when the run cannot fit on the GPU."""
+    whose rollout decision is then the run's; ``ranks``: data-parallel ranks, for the GPU memory plan; ``exclude``:
+    per engine ('trainer', 'rollout'), attention backends not to use, with the reason, e.g. after a kernel fault).
+    Raises MemoryPlanError, before anything loads, when the run cannot fit on the GPU."""
+    exclude = exclude or {}
     env = probe_environment()
     device, device_reason = decide_device(config.precision.device)
     if config.precision.policy == "auto":
@@ -98,9 +101,11 @@ def decide(config: TrainConfig, engine: Any = None, ranks: int = 1) -> RunDecisi
     if engine_device_type() == "cuda" and device.type == "cuda":  # one GPU for both: the plan sizes the engine
         plan = plan_for_config(config, ranks=ranks, policy=policy, model_config=model_config)[0].check()
     memory = engine_memory(config, policy.rollout_dtype, config.model.path, engine_max_model_len(config), plan)
-    trainer_attention = resolve_attention("trainer", model_config, policy, request=config.model.attention, env=env)
+    trainer_attention = resolve_attention("trainer", model_config, policy, request=config.model.attention, env=env,
+                                          exclude=exclude.get("trainer"))
     rollout_attention = (engine.decision if engine is not None else
-                         resolve_rollout_attention(engine_config(config, policy, memory), env=env))
+                         resolve_rollout_attention(engine_config(config, policy, memory), env=env,
+                                                   exclude=exclude.get("rollout")))
     layout, layout_reason = resolve_layout(trainer_attention.backend, config.algorithm.sequence_layout)
     packed_attention, _ = packed_attention_for(trainer_attention.backend)
     return RunDecisions(device, device_reason, policy, policy_reason, tolerance, tolerance_reason, memory, plan,

@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from deepscaler.training.faults import Classification, Location, classify, engine_of_phase, where
+from deepscaler.training.faults import (
+    EXIT_KERNEL_FAULT,
+    Classification,
+    Location,
+    classify,
+    engine_of_phase,
+    where,
+)
 
 INCIDENTS_DIR = "incidents"
 _PACKAGES = ("torch", "transformers", "vllm", "triton", "flash-attn", "deepscaler", "safetensors", "math-verify")
@@ -143,3 +150,48 @@ def excluded_backends(run_dir: str | os.PathLike) -> list[Exclusion]:
             found[(exclude["engine"], exclude["backend"])] = Exclusion(exclude["engine"], exclude["backend"],
                                                                        reason, path)
     return list(found.values())
+
+
+def exclusions_for_run(run_dir: str | os.PathLike, enabled: bool = True,
+                       say=None) -> dict[str, dict[str, str]]:
+    """``{engine: {backend: reason}}`` to hand the attention resolver for a run resumed in ``run_dir`` (empty when
+    ``enabled`` is False: ``faults.exclude_faulty_backends``); each exclusion is announced through ``say``."""
+    out: dict[str, dict[str, str]] = {}
+    if not enabled:
+        return out
+    for exclusion in excluded_backends(run_dir):
+        out.setdefault(exclusion.engine, {})[exclusion.backend] = exclusion.reason
+        if say is not None:
+            say(f"excluding {exclusion.engine} attention backend {exclusion.backend}: {exclusion.reason}; the "
+                "resolver takes the next compatible one (faults.exclude_faulty_backends=false to keep it)")
+    return out
+
+
+def decisions_record(decisions: Any) -> dict[str, Any]:
+    """The run's decisions (deepscaler.training.decisions.RunDecisions) as plain data for incident reports."""
+    return {
+        "device": str(decisions.device),
+        "precision": decisions.policy.name,
+        "attention": {"trainer": decisions.trainer_attention.backend, "rollout": decisions.rollout_attention.backend},
+        "layout": decisions.layout,
+        "engine_memory": decisions.engine_memory.describe(),
+        "sync_tolerance": decisions.sync_tolerance,
+    }
+
+
+def record_incident(run_dir: str | os.PathLike, error: BaseException) -> Path | None:
+    """Write the incident report of ``error`` (at the current location) into ``run_dir`` and attach its path to
+    the exception (``error.incident``) for the command line; never raises (a failing report must not hide the
+    error). Returns the path, or None when it could not be written."""
+    classification = classify(error)
+    action = (f"exit with status {EXIT_KERNEL_FAULT}; rerun with checkpoint.resume=auto, which leaves out the "
+              "attention backend named in 'exclude'" if classification.blames_attention else "stopped")
+    try:
+        path = write_incident(run_dir, build_incident(error, classification=classification, action=action))
+    except Exception:  # noqa: BLE001 - the original error matters more than its report
+        return None
+    try:
+        error.incident = path  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return path

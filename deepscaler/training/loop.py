@@ -33,6 +33,8 @@ from deepscaler.console import open_run_log
 from deepscaler.training.checkpoint import TrainerState
 from deepscaler.training.config import TrainConfig
 from deepscaler.training.distributed import all_gather, all_sum, reduce_over_ranks
+from deepscaler.training.faults import FaultKind, NonFiniteStepsError, after_nonfinite_update, classify, where
+from deepscaler.training.incidents import record_incident
 from deepscaler.training.logprobs import mismatch_metrics, reference_logprobs, sequence_logprobs
 from deepscaler.training.metrics import Timer, summarize
 from deepscaler.training.plots import plot_run
@@ -58,6 +60,7 @@ def grpo_step(run: Run, state: TrainerState) -> dict[str, float]:
     cfg, timer = run.config, Timer()
     started = time.perf_counter()
     step = state.step + 1
+    where.step = step
 
     # 1-3. prompts -> rollouts -> rewards; with dynamic sampling keep sampling until enough groups carry signal.
     batch, metrics = collect_rollouts(run, state, step, timer)
@@ -97,6 +100,8 @@ def grpo_step(run: Run, state: TrainerState) -> dict[str, float]:
         # 7-8. ppo_epochs x mini-batches of whole groups, token-budget micro-batches, optimizer steps.
         with timer("update"):
             metrics.update(update_policy(run, batch, advantages, old_logprobs, ref_logprobs, train_rows))
+        if not run.scaler.is_enabled():  # with fp16 loss scaling, skipped overflow steps are the scaler's business
+            check_nonfinite(run, step, metrics.get("actor/skipped_updates", 0.0) == 0.0)
     else:  # dynamic sampling found no group with signal in max_rollout_batches batches: nothing to learn
         metrics["batch/skipped"] = 1.0
     run.scheduler.step()
@@ -111,11 +116,22 @@ def grpo_step(run: Run, state: TrainerState) -> dict[str, float]:
 
     # 10. metrics.
     state.step = step
+    metrics.update(run.faults.metrics())
     metrics.update(timer.metrics())
     metrics["timing_s/step"] = time.perf_counter() - started
     # verl's definition: every sampled token (prompt + response) per second of the whole step, per device.
     metrics["throughput/tokens_per_s"] = batch.sampled_tokens / metrics["timing_s/step"]
     return metrics
+
+
+def check_nonfinite(run: Run, step: int, finite: bool) -> None:
+    """Count a step whose loss or gradient was NaN/Inf (its optimizer steps were skipped: weights and optimizer state
+    untouched); stop after ``faults.max_nonfinite_steps`` in a row."""
+    decision = after_nonfinite_update(run.faults, finite, run.config.faults.max_nonfinite_steps)
+    if decision.action == "stop":
+        raise NonFiniteStepsError(f"step {step}: {decision.reason}")
+    if decision.action == "skip":
+        logger.warning(f"step {step}: {decision.reason} (faults/skipped_nonfinite {run.faults.skipped_nonfinite})")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,7 +165,12 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
         engine: an existing RolloutEngine for this model (kept open; tests reuse one across runs).
         on_step_end: hook called after each step's metrics and checkpoint are written.
     """
-    session = setup_session(config, train_problems, val_problems, reward_fn, engine)
+    try:
+        session = setup_session(config, train_problems, val_problems, reward_fn, engine)
+    except Exception as err:
+        if classify(err).kind is not FaultKind.OTHER:  # a device fault at start-up; config errors need no report
+            record_incident(config.trainer.run_dir, err)
+        raise
     run_log = open_run_log(session.run_dir, "train", session.dist.rank)  # RUN_DIR/logs/: every library's records
     state, progress, metrics_log = session.state, session.progress, session.metrics_log
     last_metrics: dict[str, float] = {}
@@ -180,6 +201,9 @@ def train(config: TrainConfig, *, train_problems: Sequence[Any] | None = None,
                     progress.message(f"step {step}: saved {last_checkpoint}")
                 if on_step_end is not None:
                     on_step_end(step, last_metrics)
+    except Exception as err:
+        record_incident(session.run_dir, err)
+        raise
     finally:
         session.close()
         run_log.close()

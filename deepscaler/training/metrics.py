@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from deepscaler.training.faults import where
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -34,6 +36,7 @@ class Timer:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        where.enter(name)  # the phase an incident report names if this one fails
         started = time.perf_counter()
         try:
             yield

@@ -13,6 +13,7 @@ import torch
 from deepscaler.training.config import TrainConfig
 from deepscaler.training.decisions import RunDecisions
 from deepscaler.training.distributed import SINGLE_PROCESS, DistInfo
+from deepscaler.training.faults import FaultCounters
 from deepscaler.training.micro_batches import MicroBatcher
 from deepscaler.training.stream import DataStream
 
@@ -54,3 +55,5 @@ class Run:
     """The previous sync's probe log-probs and the initial noise floor (see ``sync.sync_weights``)."""
     dist: DistInfo = SINGLE_PROCESS
     """Data-parallel rank and world size (see deepscaler.training.distributed)."""
+    faults: FaultCounters = field(default_factory=FaultCounters)
+    """The run's fault counters (shared by its stages; see deepscaler.training.faults)."""

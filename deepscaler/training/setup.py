@@ -21,7 +21,10 @@ from deepscaler.training import checkpoint as ckpt
 from deepscaler.training.config import ConfigError, TrainConfig, dump_yaml, stage_config, to_dict
 from deepscaler.training.config import validate as validate_config
 from deepscaler.training.decisions import RunDecisions, check_model_path, decide, engine_config
-from deepscaler.training.distributed import DistInfo, init_distributed, shard_model, shutdown
+from deepscaler.training.distributed import DistInfo, full_tensors, init_distributed, shard_model, shutdown
+from deepscaler.training.engine_guard import GuardedEngine
+from deepscaler.training.faults import FaultCounters, where
+from deepscaler.training.incidents import decisions_record, exclusions_for_run
 from deepscaler.training.metrics import MetricsLogger
 from deepscaler.training.rank_log import configure_rank_logging, logger
 from deepscaler.training.run import PromptSet, RewardFn
@@ -53,6 +56,8 @@ class Session:
     own_engine: bool
     joined_group: bool
     """Whether this call started the process group (and so ends it)."""
+    faults: FaultCounters
+    """Faults survived so far (engine restarts, skipped non-finite steps, OOM retries)."""
 
     @property
     def run_dir(self) -> Path:
@@ -84,7 +89,11 @@ def setup_session(config: TrainConfig, train_problems: Sequence[Any] | None = No
     state = ckpt.load_trainer_state(resume) if resume else ckpt.TrainerState(
         data=ckpt.DataPosition(seed=derive_seed(config.trainer.seed, "data", 0)))
 
-    decisions = decide(config, engine, ranks=dist.world_size)
+    # attention backends that hit a kernel fault in an earlier attempt of this run are left out this time
+    exclude = exclusions_for_run(run_dir, config.faults.exclude_faulty_backends and config.checkpoint.resume != "never",
+                                 say=logger.warning)
+    decisions = decide(config, engine, ranks=dist.world_size, exclude=exclude)
+    where.decisions = decisions_record(decisions)
     decisions.policy.apply_matmul_flags()
     torch.manual_seed(config.trainer.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
@@ -117,12 +126,19 @@ def setup_session(config: TrainConfig, train_problems: Sequence[Any] | None = No
     own_engine = engine is None
     if own_engine:
         engine = build_engine(config, decisions)
+    faults = FaultCounters()
+    # a failed engine call rebuilds the engine from the trainer's weights and is retried with the same arguments
+    # (seeds); not with data parallelism, where gathering the weights is a collective the other ranks are not in
+    rebuild = (lambda: build_engine(config, decisions)) if own_engine and not dist.enabled else None
+    engine = GuardedEngine(engine, rebuild, lambda: full_tensors(model), faults, config.faults.max_engine_restarts,
+                           say=logger.warning)
     # one rank writes the metrics file and trackers and shows progress (the metrics are already global)
     metrics_log = MetricsLogger(run_dir, config.logging.backends, config.logging.project, config.trainer.experiment,
                                 to_dict(config), resume_step=state.step if resume else None, enabled=dist.is_main)
     progress = Progress(total_steps, initial=state.step, mode=config.logging.progress if dist.is_main else "none")
     return Session(config, dist, decisions, state, resume, tokenizer, model, engine, reward_fn, raw_train, raw_val,
-                   train_set, total_steps, metrics_log, progress, own_engine, dist.enabled and not group_existed)
+                   train_set, total_steps, metrics_log, progress, own_engine, dist.enabled and not group_existed,
+                   faults)
 
 
 def find_resume_checkpoint(config: TrainConfig) -> Path | None:

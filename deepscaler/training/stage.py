@@ -90,7 +90,7 @@ def start_stage(session: Session, stage: Stage) -> Run:
               engine=session.engine, optimizer=optimizer, scheduler=scheduler, scaler=scaler, train=train_set,
               val_sets=val_sets, stream=DataStream(len(train_set.problems), state.data, shuffle=config.data.shuffle),
               reward_fn=session.reward_fn, probe=build_probe(train_set.prompt_ids[0], filler), batcher=batcher,
-              dist=session.dist)
+              dist=session.dist, faults=session.faults)
     sync_weights(run, initial=True)  # the engine started from model.path; resumed/carried weights differ
     return run
 

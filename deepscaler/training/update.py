@@ -5,11 +5,17 @@ optimizer step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import torch
 
 from deepscaler.algorithms import LossNormalizer, PolicyLossConfig, compute_policy_loss, sum_metrics
 from deepscaler.training.distributed import all_sum, plain_norm, sum_over_ranks
+from deepscaler.training.faults import FaultKind, classify, halved_token_budget, injected, where
+from deepscaler.training.micro_batches import MicroBatcher
 from deepscaler.training.packing import pad_responses, token_logprobs
+from deepscaler.training.rank_log import logger
 from deepscaler.training.rollouts import Rollouts
 from deepscaler.training.run import Run
 
@@ -40,7 +46,7 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
                   ref_logprobs: list[torch.Tensor] | None, train_rows: list[bool]) -> dict[str, float]:
     """ppo_epochs x mini-batches; each mini-batch: micro-batches (token budget), loss shares with
     mini-batch-global normalisers, summed gradients, grad clip, one optimizer step."""
-    cfg, decisions, batcher = run.config, run.decisions, run.batcher
+    cfg, decisions = run.config, run.decisions
     algo, device, temperature = cfg.algorithm, decisions.device, cfg.rollout.temperature
     config = loss_config(run)
     use_rollout_logprobs = algo.tis_cap is not None and batch.rollout_logprobs is not None
@@ -61,31 +67,50 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
                                         token_sum_scale=float(cfg.data.max_response_length),
                                         dp_size=run.dist.world_size)
             lengths = [len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in rows]
-            shares = []
-            for micro in batcher.plan(lengths):
-                if not micro:  # idle rank: a zero-weight forward + backward keeps FSDP's collectives in step
+
+            def backward(batcher: MicroBatcher, rows: list[int] = rows, lengths: list[int] = lengths,
+                         normalizer: LossNormalizer = normalizer) -> list[dict[str, float]]:
+                shares = []
+                for micro in batcher.plan(lengths):
+                    if not micro:  # idle rank: a zero-weight forward + backward keeps FSDP's collectives in step
+                        with decisions.policy.autocast(device.type):
+                            idle, _ = token_logprobs(run.model, batcher.idle(), temperature,
+                                                     packed_attention=decisions.packed_attention)
+                        (idle.sum() * 0.0).backward()
+                        continue
+                    ids = [rows[k] for k in micro]
+                    where.micro_batch = {"sequences": len(ids), "tokens": sum(lengths[k] for k in micro),
+                                         "budget": batcher.max_tokens, "layout": batcher.layout,
+                                         "mini_batch_sequences": len(rows)}
+                    if injected("kernel", where.step):
+                        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected "
+                                                     "by DEEPSCALER_INJECT_FAULTS)")
+                    if injected("oom", where.step):
+                        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by "
+                                                     "DEEPSCALER_INJECT_FAULTS)")
+                    model_input = batcher.make([batch.prompt_ids[i] for i in ids],
+                                               [batch.response_ids[i] for i in ids])
                     with decisions.policy.autocast(device.type):
-                        idle, _ = token_logprobs(run.model, batcher.idle(), temperature,
-                                                 packed_attention=decisions.packed_attention)
-                    (idle.sum() * 0.0).backward()
-                    continue
-                ids = [rows[k] for k in micro]
-                model_input = batcher.make([batch.prompt_ids[i] for i in ids], [batch.response_ids[i] for i in ids])
-                with decisions.policy.autocast(device.type):
-                    logprobs, entropy = token_logprobs(run.model, model_input, temperature, compute_entropy=True,
-                                                       packed_attention=decisions.packed_attention)
-                rollout_logprobs = None
-                if use_rollout_logprobs:
-                    rollout_logprobs = pad_responses([torch.tensor(batch.rollout_logprobs[i]) for i in ids]).to(device)
-                loss, share = compute_policy_loss(
-                    logprobs, _rows_on(old_logprobs, ids, device), advantages[ids].to(device),
-                    model_input.response_mask, normalizer, config,
-                    ref_logprobs=_rows_on(ref_logprobs, ids, device) if ref_logprobs is not None else None,
-                    entropy=entropy, rollout_logprobs=rollout_logprobs)
-                if run.scaler.is_enabled():
-                    loss = run.scaler.scale(loss)
-                loss.backward()
-                shares.append(share)
+                        logprobs, entropy = token_logprobs(run.model, model_input, temperature, compute_entropy=True,
+                                                           packed_attention=decisions.packed_attention)
+                    rollout_logprobs = None
+                    if use_rollout_logprobs:
+                        rollout_logprobs = pad_responses([torch.tensor(batch.rollout_logprobs[i])
+                                                          for i in ids]).to(device)
+                    loss, share = compute_policy_loss(
+                        logprobs, _rows_on(old_logprobs, ids, device), advantages[ids].to(device),
+                        model_input.response_mask, normalizer, config,
+                        ref_logprobs=_rows_on(ref_logprobs, ids, device) if ref_logprobs is not None else None,
+                        entropy=entropy, rollout_logprobs=rollout_logprobs)
+                    if injected("nonfinite", where.step):
+                        loss = loss * float("nan")  # test hook: a step whose loss is NaN
+                    if run.scaler.is_enabled():
+                        loss = run.scaler.scale(loss)
+                    loss.backward()
+                    shares.append(share)
+                return shares
+
+            shares = backward_with_oom_retry(run, max(lengths), backward)
             # each rank holds its shares of the mini-batch-global means: add them up
             update = sum_over_ranks(run.dist, sum_metrics(shares))
             update.update(optimizer_step(run, parameters))
@@ -96,6 +121,36 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
     metrics = {k: sum(u[k] for u in updates if k in u) / sum(1 for u in updates if k in u) for k in keys}
     metrics["actor/updates"] = float(len(updates))
     return metrics
+
+
+def backward_with_oom_retry(run: Run, longest: int,
+                            backward: Callable[[MicroBatcher], list[dict[str, float]]]) -> list[dict[str, float]]:
+    """``backward(run.batcher)``; when it runs out of memory, the mini-batch's partial gradient is dropped and it is
+    redone with half the micro-batch token budget (at least ``longest``, the longest sequence), up to
+    ``faults.max_oom_halvings`` times. The gradient does not depend on the split (every micro-batch's loss uses the
+    mini-batch's normalisers), so the retried step equals the one that would have fitted. Not with data
+    parallelism: the ranks' micro-batch counts must stay in lock-step."""
+    batcher, halvings = run.batcher, 0
+    while True:
+        try:
+            return backward(batcher)
+        except Exception as err:  # noqa: BLE001 - anything but out-of-memory is re-raised below
+            smaller = halved_token_budget(batcher.max_tokens, longest)
+            if (classify(err).kind is not FaultKind.OUT_OF_MEMORY or run.dist.enabled or smaller is None
+                    or halvings >= run.config.faults.max_oom_halvings):
+                raise
+        run.optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradient
+        free_cached_memory()
+        logger.warning(f"step {where.step}: out of memory in the update with {batcher.max_tokens} tokens per "
+                       f"micro-batch; retrying this mini-batch with {smaller} (same gradient, more micro-batches)")
+        batcher, halvings = replace(batcher, max_tokens=smaller), halvings + 1
+        run.faults.oom_retries += 1
+
+
+def free_cached_memory() -> None:
+    """Return the caching allocator's free blocks to the device (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _rows_on(values: list[torch.Tensor], ids: list[int], device: torch.device) -> torch.Tensor:

@@ -7,6 +7,7 @@ import time
 
 from deepscaler.rollout import SamplingSettings
 from deepscaler.training.distributed import all_sum
+from deepscaler.training.faults import where
 from deepscaler.training.rollouts import to_rollouts
 from deepscaler.training.run import Run
 from deepscaler.training.stream import derive_seed
@@ -16,6 +17,7 @@ def validate_policy(run: Run, step: int) -> dict[str, float]:
     """Pass@1 and mean response length on each of ``run.val_sets``, plus ``timing_s/validation``; with data
     parallelism each rank takes a slice of the problems (same seeds per problem as one process)."""
     started = time.perf_counter()
+    where.enter("validation", step)
     cfg = run.config.validation
     metrics: dict[str, float] = {}
     for name, prompts in run.val_sets.items():
