@@ -40,6 +40,7 @@ KILL_POINTS = [
     ("old_logprob", "inside a log-prob pass"), ("checkpoint:publish", "before a checkpoint's rename"),
     ("checkpoint:rng", "between checkpoint files (optimizer written)"),
 ]
+SHORT_PHASE_S = 0.05
 CHECKPOINT_POINTS = {"checkpoint:model", "checkpoint:optimizer", "checkpoint:rng", "checkpoint:state",
                      "checkpoint:publish"}
 
@@ -78,7 +79,7 @@ def start(run_dir: Path, model: Path, steps: int, trace: Path, env_extra: dict[s
                             start_new_session=True)
 
 
-def read_trace(trace: Path, offset: int) -> tuple[list[tuple[int, str]], int]:
+def read_trace(trace: Path, offset: int) -> tuple[list[tuple[int, str, float]], int]:
     if not trace.exists():
         return [], offset
     data = trace.read_bytes()
@@ -87,9 +88,19 @@ def read_trace(trace: Path, offset: int) -> tuple[list[tuple[int, str]], int]:
     used = offset + sum(len(line) + 1 for line in complete)
     out = []
     for line in complete:
-        step, _, point = line.partition(" ")
-        out.append((int(step) if step.lstrip("-").isdigit() else -1, point))
+        step, point, stamp = (line.split(" ") + ["", ""])[:3]
+        out.append((int(step) if step.lstrip("-").isdigit() else -1, point, float(stamp or 0.0)))
     return out, used
+
+
+def phase_durations(trace: Path) -> dict[str, float]:
+    """Median seconds from entering each point to the next event, in the uninterrupted run: how long a random
+    kill delay may be to still land inside that phase."""
+    events, _ = read_trace(trace, 0)
+    spans: dict[str, list[float]] = {}
+    for (_, point, start), (_, _, end) in zip(events, events[1:], strict=False):
+        spans.setdefault(point, []).append(end - start)
+    return {point: sorted(values)[len(values) // 2] for point, values in spans.items()}
 
 
 def run_to_end(run_dir: Path, model: Path, steps: int, trace: Path, env: dict[str, str], log: Path) -> float:
@@ -101,27 +112,30 @@ def run_to_end(run_dir: Path, model: Path, steps: int, trace: Path, env: dict[st
 
 
 def kill_at(run_dir: Path, model: Path, steps: int, trace: Path, env: dict[str, str], log: Path, point: str,
-            target_step: int, rng: random.Random) -> tuple[str, list[int]]:
-    """Start the run (it resumes), wait until it reaches ``point`` at ``target_step`` (a phase: at or after it),
-    SIGKILL it. Returns where it landed and the checkpoints this start published."""
+            target_step: int, rng: random.Random, duration: float) -> tuple[str, list[int]]:
+    """Start the run (it resumes), wait until it reaches ``point`` at ``target_step`` (a phase: at or after it, then
+    a random delay within the phase's typical ``duration``), SIGKILL it. Returns where it landed and the
+    checkpoints this start published."""
     offset = trace.stat().st_size if trace.exists() else 0
-    exact = point in CHECKPOINT_POINTS  # a checkpoint file takes milliseconds: stop the run right there
+    # a checkpoint file, or a phase shorter than this driver can react (the toy reward), takes milliseconds: the
+    # run is stopped right at its start; a longer phase is killed after a random part of its usual duration
+    exact = point in CHECKPOINT_POINTS or duration < SHORT_PHASE_S
     pause = {"DEEPSCALER_TRACE_PAUSE": f"{point}@{target_step}"} if exact else {}
     process = start(run_dir, model, steps, trace, {**env, **pause}, log)
     last, published = (None, "start"), []
     while process.poll() is None:
         events, offset = read_trace(trace, offset)
-        for step, name in events:
+        for step, name, _ in events:
             last = (step, name)
             if name == "checkpoint:prune":
                 published.append(step)
             if name == point and (step == target_step if exact else step >= target_step):
                 if not exact:
-                    time.sleep(rng.uniform(0.0, 0.3))  # a random moment within (or just after) the phase
+                    time.sleep(rng.uniform(0.0, 0.5 * duration))  # a random moment within the phase
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 more, offset = read_trace(trace, offset)
-                for more_step, more_name in more:
+                for more_step, more_name, _ in more:
                     last = (more_step, more_name)
                     if more_name == "checkpoint:prune":
                         published.append(more_step)
@@ -198,6 +212,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="deepscaler-chaos-"))
     shutil.rmtree(work / "reference", ignore_errors=True)
     shutil.rmtree(work / "chaos", ignore_errors=True)
+    for stale in ("reference.trace", "chaos.trace", "runs.log"):
+        (work / stale).unlink(missing_ok=True)
     model = save_tiny_model(work / "model")
     rng = random.Random(args.seed)
     nonfinite_step = max(2, args.steps // 2)
@@ -209,6 +225,7 @@ def main() -> None:
     print(f"reference: {args.steps} steps uninterrupted in {reference_s:.0f} s (non-finite step injected at "
           f"step {nonfinite_step})", flush=True)
 
+    durations = phase_durations(work / "reference.trace")
     chaos_env = {"DEEPSCALER_INJECT_FAULTS": f"nonfinite@{nonfinite_step},engine@{engine_step}"}
     trace = work / "chaos.trace"
     points = [KILL_POINTS[i % len(KILL_POINTS)] for i in range(args.kills)]
@@ -222,14 +239,14 @@ def main() -> None:
         newest = latest_checkpoint(work / "chaos", report=None)
         resumed_at = load_trainer_state(newest).step if newest else 0
         where, published = kill_at(work / "chaos", model, args.steps, trace, chaos_env, log, point,
-                                   target_for(point, floor, resumed_at, args.steps), rng)
+                                   target_for(point, floor, resumed_at, args.steps), rng, durations.get(point, 0.0))
         starts.append(published)
         print(f"kill {index + 1:2d}/{args.kills}: {description:<50} landed at {where:<28} "
               f"(resumed from step {resumed_at}; checkpoints written: {published or 'none'})", flush=True)
     offset = trace.stat().st_size
     run_to_end(work / "chaos", model, args.steps, trace, chaos_env, log)
     events, _ = read_trace(trace, offset)
-    starts.append([step for step, name in events if name == "checkpoint:prune"])
+    starts.append([step for step, name, _ in events if name == "checkpoint:prune"])
     chaos_s = time.perf_counter() - started
 
     identical, problems = compare(work / "reference", work / "chaos")
@@ -241,7 +258,7 @@ def main() -> None:
     matching = sum(all(same_weights(reference_dir / f"step_{s:06d}", work / "chaos" / "checkpoints" / f"step_{s:06d}")
                        for s in p) for p in with_checkpoint)
     rows = read_metrics(work / "chaos")
-    skipped = [r["step"] for r in rows if r.get("faults/skipped_nonfinite", 0.0) > 0]
+    skipped = [r["step"] for r in rows if r.get("actor/skipped_updates", 0.0) > 0]
     log_text = log.read_text(errors="replace")
     print(f"\n{matching}/{len(with_checkpoint)} resumed runs identical (the checkpoints each resumed start wrote "
           f"equal the uninterrupted run's, bitwise; {len(resumed) - len(with_checkpoint)} resumed starts were killed "

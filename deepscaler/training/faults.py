@@ -33,7 +33,8 @@ EXIT_KERNEL_FAULT = 75
 
 INJECT_ENV = "DEEPSCALER_INJECT_FAULTS"
 TRACE_ENV = "DEEPSCALER_TRACE_FILE"
-"""Test/benchmark hook: append ``<step> <point>`` to this file at every phase and checkpoint file boundary."""
+"""Test/benchmark hook: append ``<step> <point> <unix time>`` to this file at every phase and checkpoint file
+boundary."""
 PAUSE_ENV = "DEEPSCALER_TRACE_PAUSE"
 """Test/benchmark hook: ``point@step`` makes the process sleep there (a kill then lands exactly at that point)."""
 
@@ -262,7 +263,7 @@ def trace(point: str, step: int | None = None) -> None:
         return
     step = where.step if step is None else step
     with open(path, "a") as handle:
-        handle.write(f"{step} {point}\n")
+        handle.write(f"{step} {point} {time.time():.6f}\n")
         handle.flush()
     if os.environ.get(PAUSE_ENV) == f"{point}@{step}":
         time.sleep(3600.0)  # the benchmark kills the process here

@@ -24,6 +24,7 @@ from deepscaler.training.incidents import read_incidents  # noqa: E402
 from deepscaler.training.loop import train  # noqa: E402
 from deepscaler.training.metrics import read_metrics  # noqa: E402
 from deepscaler.training.micro_batches import MicroBatcher  # noqa: E402
+from deepscaler.training.rank_log import configure_rank_logging  # noqa: E402
 from deepscaler.training.update import backward_with_oom_retry  # noqa: E402
 
 PROBLEMS = [Problem(id=f"toy-{i}", problem=f"What is {i} + {2 * i}?", answers=[str(3 * i)], source="toy")
@@ -105,6 +106,7 @@ def test_oom_update_is_retried_with_half_the_budget_in_a_run(tiny_model_dir, eng
 @pytest.mark.parametrize("oom_after", [0, 1, 2])
 def test_oom_retry_gives_the_same_gradient(oom_after, capsys):
     """float64: the gradient after a retry at half the budget equals the one that fitted (to rounding, 1e-12)."""
+    configure_rank_logging(True)  # the run's console voice, as train() sets it
     torch.manual_seed(0)
     lengths = [40, 35, 30, 20, 18, 12, 9, 5]
     features = [torch.randn(n, 3, dtype=torch.float64) for n in lengths]
