@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print("deepscaler train: the CPU demo runs in one process; start it without torchrun, or pass --config "
                   "for a data-parallel run", file=sys.stderr)
             return 2
-        from deepscaler.training.demo import run_demo
+        from deepscaler.demo.app import run_demo
 
         result = run_demo(list(args.overrides))
         return result if isinstance(result, int) else 0
