@@ -106,8 +106,12 @@ def run_demo(overrides: Sequence[str] = ()) -> dict[str, Any]:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process vLLM engine: starts in seconds
     settings, grpo_overrides = split_overrides(list(overrides))
     run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     warmup_dir, grpo_dir, held_out = run_dir / "warmup", run_dir / "grpo", run_dir / HELD_OUT_FILE
+    # The GRPO config is checked before anything runs: a bad override fails here, not after the warm-up.
+    config = load_config(DEMO_RECIPE, [f"model.path={warmup_dir}", f"trainer.run_dir={grpo_dir}",
+                                       f"trainer.seed={settings.seed}", *grpo_overrides])
+    total_steps = config.trainer.total_steps
+    run_dir.mkdir(parents=True, exist_ok=True)
     times = PhaseTimes()
 
     with times("setup"):
@@ -121,9 +125,6 @@ def run_demo(overrides: Sequence[str] = ()) -> dict[str, Any]:
         eval_arithmetic = sample_problems(settings.eval_problems, task, split="test", seed=settings.seed)
         eval_problems = to_problems(eval_arithmetic)
         write_held_out(held_out, eval_problems)
-        config = load_config(DEMO_RECIPE, [f"model.path={warmup_dir}", f"trainer.run_dir={grpo_dir}",
-                                           f"trainer.seed={settings.seed}", *grpo_overrides])
-        total_steps = config.trainer.total_steps
         say(f"task: {settings.min_digits}-{settings.max_digits} digit {' and '.join(task.operations)}; "
             f"{len(train_arithmetic)} training, {len(eval_problems)} held-out problems, e.g. "
             f"{eval_problems[0].problem!r}; the teacher boxes the result + 1 on "

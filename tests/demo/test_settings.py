@@ -54,3 +54,15 @@ def test_demo_recipe_loads_and_validates():
     assert config.algorithm.kl_coef == 0.0 and config.precision.device == "cpu"
     assert config.data.train_batch_size % config.algorithm.ppo_mini_batch_size == 0
     assert config.checkpoint.resume == "auto"
+
+
+def test_deepscaler_train_without_config_routes_to_the_demo_and_rejects_bad_keys_before_anything_runs(
+        tmp_path, capsys):
+    from deepscaler.cli.main import main
+
+    run_dir = tmp_path / "demo"
+    assert main(["train", f"demo.run_dir={run_dir}", "demo.warmup_stepz=3"]) == 2
+    assert "demo.warmup_stepz" in capsys.readouterr().err
+    assert main(["train", f"demo.run_dir={run_dir}", "optim.lrr=3"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert not run_dir.exists()  # nothing was written
