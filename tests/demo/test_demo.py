@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-# The demo's model on 1-2 digit additions: the same story as the full demo (the warm-up imitates the teacher's
-# majority, +1 boxed on 70 % of the problems; the reward selects the minority) in a fraction of its time.
+# The demo's model and task with a shorter warm-up (500 steps: traces mostly right, the teacher's +1 majority
+# imitated) and 200 held-out problems. A 1-2 digit variant with a 300-step warm-up was too weak for RL to move
+# in 20 steps on some CPUs (rewards flat), so the test keeps the demo's own scale of task.
 SMALL = [
-    "demo.operations=+", "demo.min_digits=1", "demo.max_digits=2", "demo.train_problems=3000",
-    "demo.eval_problems=200", "demo.val_problems=100", "demo.warmup_steps=300", "demo.warmup_eval_every=100",
-    "demo.eval_max_tokens=48", "data.max_response_length=48", "optim.lr=2e-4", "validation.before_train=false",
-    "validation.test_freq=0", "checkpoint.save_freq=5", "logging.progress=none", "logging.plots=false",
+    "demo.eval_problems=200", "demo.val_problems=100", "demo.warmup_steps=500", "demo.warmup_eval_every=125",
+    "validation.before_train=false", "validation.test_freq=0", "checkpoint.save_freq=5", "logging.progress=none",
+    "logging.plots=false",
 ]
 STEPS = 12
 # The thread count under test (OMP_NUM_THREADS) rather than the demo's load-dependent automatic choice.
@@ -33,7 +33,7 @@ def test_rl_lifts_held_out_pass_at_1_and_a_rerun_resumes(tmp_path):
     assert summary == json.loads(json.dumps(first))
     assert summary["steps"] == STEPS and summary["eval"]["problems"] == 200
     assert set(summary["eval"]["before"]) == {"greedy", "T=0.6"}
-    assert summary["warmup_plateau"]["steps"] == [100, 200, 300]
+    assert summary["warmup_plateau"]["steps"] == [250, 375, 500]
     # The learning claim: RL beyond the teacher, by a margin far above the noise of 200 problems (sd <= 3.5 points).
     assert summary["pass@1_gain"] >= 0.20, summary
     assert summary["pass@1_after"] > summary["eval"]["before"]["T=0.6"]  # beyond what sampling the warm-up gives
