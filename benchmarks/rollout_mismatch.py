@@ -7,7 +7,7 @@ step (``rollout/logprob_diff_*``, ``rollout/kl_k3``). A model trained in fp32 se
 against an fp32 trainer are the mismatch that truncated importance sampling corrects.
 
     python benchmarks/rollout_mismatch.py                                   # tiny random model, CPU
-    python benchmarks/rollout_mismatch.py --model runs/demo/sft --presets fp32,bf16-mixed,fp16-mixed
+    python benchmarks/rollout_mismatch.py --model runs/demo/warmup --presets fp32,bf16-mixed,fp16-mixed
     python benchmarks/rollout_mismatch.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B   # on a GPU
 """
 

@@ -63,10 +63,14 @@ def run(args: argparse.Namespace) -> int:
             print("deepscaler train: the CPU demo runs in one process; start it without torchrun, or pass --config "
                   "for a data-parallel run", file=sys.stderr)
             return 2
-        from deepscaler.training.demo import run_demo
+        from deepscaler.demo.app import run_demo
 
-        result = run_demo(list(args.overrides))
-        return result if isinstance(result, int) else 0
+        try:
+            run_demo(list(args.overrides))
+        except ConfigError as error:  # a demo.* setting or a GRPO override, rejected before anything loads
+            print(f"deepscaler train: {error}", file=sys.stderr)
+            return 2
+        return 0
     overrides = list(args.overrides) + ([f"precision.gpu_memory={args.gpu_memory}"] if args.gpu_memory else [])
     try:
         config = load_config(args.config, overrides)
