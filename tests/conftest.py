@@ -87,3 +87,14 @@ def shared_data_dir() -> Path:
     if not (folder / "test").is_dir():
         pytest.skip(f"{DATA_DIR_VARIABLE}={value} has no test/ folder")
     return folder
+
+
+@pytest.fixture
+def fresh_console(monkeypatch, tmp_path):
+    """The console module as a new process finds it, with stray records kept in this test's folder."""
+    from deepscaler.console import logs
+
+    monkeypatch.setenv("DEEPSCALER_LOG_DIR", str(tmp_path / "stray-logs"))
+    logs._reset_for_tests()
+    yield
+    logs._reset_for_tests()

@@ -11,13 +11,7 @@ import pytest
 from deepscaler.cli.main import build_parser
 from deepscaler.console import logs
 
-
-@pytest.fixture(autouse=True)
-def fresh_console(monkeypatch, tmp_path):
-    monkeypatch.setenv("DEEPSCALER_LOG_DIR", str(tmp_path / "stray-logs"))
-    logs._reset_for_tests()
-    yield
-    logs._reset_for_tests()
+pytestmark = pytest.mark.usefixtures("fresh_console")
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from deepscaler.console.progress import resolve_mode
 STEP = {"reward/mean": 0.25, "response_length/mean": 12.0, "timing_s/step": 1.5, "throughput/tokens_per_s": 480.0}
 
 
-@pytest.fixture(autouse=True)
-def fresh_console(monkeypatch, tmp_path):
-    monkeypatch.setenv("DEEPSCALER_LOG_DIR", str(tmp_path / "stray-logs"))
-    logs._reset_for_tests()
-    yield
-    logs._reset_for_tests()
+pytestmark = pytest.mark.usefixtures("fresh_console")
 
 
 class _Terminal(io.StringIO):

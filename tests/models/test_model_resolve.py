@@ -9,16 +9,9 @@ import huggingface_hub
 import pytest
 
 from deepscaler.cli.main import main
-from deepscaler.console import logs
 from deepscaler.models.resolve import ModelNotFoundError, resolve_model
 
-
-@pytest.fixture(autouse=True)
-def fresh_console(monkeypatch, tmp_path):
-    monkeypatch.setenv("DEEPSCALER_LOG_DIR", str(tmp_path / "stray-logs"))
-    logs._reset_for_tests()
-    yield
-    logs._reset_for_tests()
+pytestmark = pytest.mark.usefixtures("fresh_console")
 
 
 @pytest.fixture
