@@ -24,7 +24,7 @@ EXAMPLES = """examples:
   deepscaler eval --config smoke --model runs/x/checkpoints/step_000040  # a quick look
   deepscaler eval --model m reward.think_format=strict                   # DeepScaleR's think-tag rule
   deepscaler eval --list                                                 # the shipped presets
-key=value overrides come before list flags such as --datasets (which take every following word).
+key=value overrides may come anywhere, also after list flags such as --datasets.
 """
 
 
@@ -47,7 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The ``EvalConfig`` the command line describes (raises ConfigError naming the field)."""
-    return load_eval_config(args.config, flag_overrides(args) + parse_overrides(list(args.overrides)))
+    overrides = list(args.overrides)
+    for dest, value in vars(args).items():
+        # a list flag (--datasets a b) takes every following word, key=value overrides included: hand those back
+        if dest.startswith(FLAG_PREFIX) and isinstance(value, list) and any("=" in str(v) for v in value):
+            setattr(args, dest, [v for v in value if "=" not in str(v)])
+            overrides += [str(v) for v in value if "=" in str(v)]
+    return load_eval_config(args.config, flag_overrides(args) + parse_overrides(overrides))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -166,14 +166,15 @@ def evaluate(config: EvalConfig, engine: Any = None) -> dict[str, dict[str, Any]
                                         top_k=config.top_k, max_tokens=config.max_tokens, seed=config.seed,
                                         logprobs=False)
     correct_reward = config.reward.correct_reward
+    # every data set is found and read before the first one is generated: a missing one stops the run at once
+    problem_sets = {dataset_label(spec): load_problems(spec, data_dir=config.data_dir, split=config.split,
+                                                       problem_key=config.problem_key, answer_key=config.answer_key,
+                                                       limit=config.max_problems,
+                                                       on_malformed="skip" if config.skip_malformed else "error")
+                    for spec in config.datasets}
     results: dict[str, dict[str, Any]] = {}
     try:
-        for spec in config.datasets:
-            label = dataset_label(spec)
-            problems = load_problems(spec, data_dir=config.data_dir, split=config.split,
-                                     problem_key=config.problem_key, answer_key=config.answer_key,
-                                     limit=config.max_problems,
-                                     on_malformed="skip" if config.skip_malformed else "error")
+        for label, problems in problem_sets.items():
             encoded = encode_prompts(problems, tokenizer, prompt_limit, label=label)
             store = ResponseStore(out / label / "responses.jsonl") if out is not None else None
             finished = _load_finished(store, config, label)

@@ -195,6 +195,10 @@ def test_eval_is_configured_like_train(tmp_path):
         ["eval", "--config", "smoke", "model=m", "n=3", "reward.grader=deepscaler", "--max-problems", "2"]))
     assert (config.model, config.n, config.max_problems, config.datasets) == ("m", 3, 2, ["aime", "math"])
     assert config.reward.grader == "deepscaler" and {"deepscaler", "smoke"} <= set(list_eval_presets())
+    # overrides after a list flag are overrides, not data set names
+    config = eval_cli.config_from_args(parser.parse_args(["eval", "--model", "m", "--datasets", "aime", "n=2",
+                                                          "max_tokens=64"]))
+    assert (config.datasets, config.n, config.max_tokens) == (["aime"], 2, 64)
     path = tmp_path / "mine.yaml"
     path.write_text("model: m\ndatasets: [amc]\nreward:\n  think_format: strict\n")
     config = load_eval_config(str(path), ["top_p=0.9"])
@@ -248,3 +252,15 @@ def test_response_store_corruption_rules(tmp_path):
     path.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')  # damage in the middle is not a crash cut: refuse
     with pytest.raises(ValueError, match=r"responses\.jsonl line 2: unreadable record.*--no-resume"):
         ResponseStore(path).load()
+
+
+def test_a_missing_data_set_stops_before_anything_is_generated(dataset, tmp_path, monkeypatch):
+    """Every data set is found before the first is generated: a wrong name costs no sampling of the others."""
+    from deepscaler.data.sources import DataNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DEEPSCALER_CACHE_DIR", str(tmp_path / "cache"))
+    engine = ScriptedEngine()
+    with pytest.raises(DataNotFoundError):
+        evaluate(_config(dataset, tmp_path / "out", datasets=[str(dataset), "no_such_set"]), engine=engine)
+    assert engine.calls == [] and not (tmp_path / "out" / "toy" / "responses.jsonl").exists()
