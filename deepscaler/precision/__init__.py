@@ -11,6 +11,13 @@ from deepscaler.precision.capabilities import (
     BackendCapability,
     vllm_era,
 )
+from deepscaler.precision.decision import (
+    QWEN2_1_5B,
+    AttentionBackendError,
+    AttentionDecision,
+    ModelGeometry,
+    log_decision,
+)
 from deepscaler.precision.mismatch import assess_mismatch, logprob_mismatch
 from deepscaler.precision.policy import (
     PRESETS,
@@ -21,14 +28,7 @@ from deepscaler.precision.policy import (
     to_torch_dtype,
 )
 from deepscaler.precision.probe import EnvironmentProbe, parse_version, probe_environment
-from deepscaler.precision.resolver import (
-    QWEN2_1_5B,
-    AttentionBackendError,
-    AttentionDecision,
-    ModelGeometry,
-    log_decision,
-    resolve_attention,
-)
+from deepscaler.precision.resolver import resolve_attention
 from deepscaler.precision.selfcheck import PRECISION_TOLERANCES, SelfCheckError, SelfCheckResult, self_check
 
 

@@ -8,14 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deepscaler.precision.decision import AttentionDecision, log_decision
 from deepscaler.precision.policy import PrecisionPolicy, get_policy, to_torch_dtype
 from deepscaler.precision.probe import EnvironmentProbe
-from deepscaler.precision.resolver import (
-    FA_FALSE_ALARM_NOTE,
-    AttentionDecision,
-    log_decision,
-    resolve_attention,
-)
+from deepscaler.precision.resolver import FA_FALSE_ALARM_NOTE, resolve_attention
 
 OUR_KERNEL = "deepscaler_flash"
 _FA_DTYPE_WARNING = "only supports torch.float16 and torch.bfloat16 dtypes"

@@ -180,7 +180,7 @@ def test_dynamic_sampling_refills_with_signal_groups(tiny_model_dir, engine, tmp
     The trainer's bf16 attention is whatever passes its self-check on this CPU (bf16 SDPA refuses to run on some
     CPUs), and the model is loaded with exactly that backend."""
     import deepscaler.training.setup as training_setup
-    from deepscaler.precision.resolver import ModelGeometry
+    from deepscaler.precision.decision import ModelGeometry
     from deepscaler.precision.selfcheck import machine_self_check
     from deepscaler.training.checkpoint import DataPosition
     from deepscaler.training.stream import DataStream, derive_seed
