@@ -10,7 +10,7 @@ import pytest
 from deepscaler.rewards import RewardConfig, close_pool, is_equivalent, math_reward, score_responses
 from deepscaler.rewards.extraction import _boxed_spans, extract_final_answer
 from deepscaler.rewards.hostile import CATEGORIES, GOLDS, hostile_responses
-from deepscaler.rewards.normalize import evaluate_set_operations
+from deepscaler.rewards.structures import evaluate_set_operations
 from deepscaler.rewards.timeouts import GradingTimeout, time_limit
 
 
