@@ -1,6 +1,7 @@
 """Precision policies and attention-backend resolution for the trainer (transformers) and rollout (vLLM).
 
-Importing this package is cheap (no torch/transformers/vLLM import); heavy imports happen inside functions.
+Importing this package is cheap (no torch/transformers/vLLM import): the CLI's subcommand modules import it at their
+top, so torch and transformers are imported inside the functions that use them.
 """
 
 from deepscaler.precision.capabilities import (
@@ -18,6 +19,7 @@ from deepscaler.precision.decision import (
     ModelGeometry,
     log_decision,
 )
+from deepscaler.precision.loading import load_causal_lm
 from deepscaler.precision.mismatch import assess_mismatch, logprob_mismatch
 from deepscaler.precision.policy import (
     PRESETS,
@@ -30,14 +32,6 @@ from deepscaler.precision.policy import (
 from deepscaler.precision.probe import EnvironmentProbe, parse_version, probe_environment
 from deepscaler.precision.resolver import resolve_attention
 from deepscaler.precision.selfcheck import PRECISION_TOLERANCES, SelfCheckError, SelfCheckResult, self_check
-
-
-def load_causal_lm(*args, **kwargs):
-    """See ``deepscaler.precision.loading.load_causal_lm`` (imported lazily: it pulls in transformers)."""
-    from deepscaler.precision.loading import load_causal_lm as _load
-
-    return _load(*args, **kwargs)
-
 
 __all__ = [
     "PRECISION_TOLERANCES", "PRESETS", "QWEN2_1_5B", "SDPA_KERNELS", "TRAINER_BACKENDS", "VLLM_BACKENDS",

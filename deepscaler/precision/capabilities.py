@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from deepscaler.precision.probe import parse_version
+
 HALF = frozenset({"float16", "bfloat16"})
 ALL_FLOAT = frozenset({"float32", "float16", "bfloat16"})
 
@@ -300,8 +302,6 @@ def vllm_era(version: tuple[int, ...]) -> VllmEra:
 
 def requirement_problem(requirement: str, probe_get: Callable[[str], object]) -> str | None:
     """Why ``requirement`` is unmet (None when met). ``probe_get(attr)`` reads the EnvironmentProbe."""
-    from deepscaler.precision.probe import parse_version
-
     if requirement == "deepscaler_kernel":
         if probe_get("deepscaler_kernel_available"):
             return None

@@ -13,6 +13,9 @@ from deepscaler.precision.policy import PrecisionPolicy, get_policy, to_torch_dt
 from deepscaler.precision.probe import EnvironmentProbe
 from deepscaler.precision.resolver import FA_FALSE_ALARM_NOTE, resolve_attention
 
+# transformers and deepscaler.kernels (torch, triton) are imported inside the functions that use them: importing
+# deepscaler.precision stays free of torch (see the package docstring).
+
 OUR_KERNEL = "deepscaler_flash"
 _FA_DTYPE_WARNING = "only supports torch.float16 and torch.bfloat16 dtypes"
 

@@ -29,7 +29,7 @@ def logprob_mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mas
     (|p_t - p_r|, verl's metric), ``rollout/kl_k1``, ``rollout/kl_k3``, ``rollout/num_tokens``. All zero when
     the mask is empty.
     """
-    import torch
+    import torch  # local: importing deepscaler.precision stays free of torch (see the package docstring)
 
     if trainer_logp.shape != rollout_logp.shape or trainer_logp.shape != mask.shape:
         raise ValueError(f"trainer_logp {tuple(trainer_logp.shape)}, rollout_logp {tuple(rollout_logp.shape)} and "

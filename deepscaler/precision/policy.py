@@ -12,10 +12,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from deepscaler.precision.probe import EnvironmentProbe, probe_environment
+
 if TYPE_CHECKING:
     import torch
 
-    from deepscaler.precision.probe import EnvironmentProbe
+# torch is imported inside the functions that use it: importing deepscaler.precision stays free of torch (the
+# CLI's subcommand modules import it at their top, and `deepscaler --help` must not load torch).
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 _DTYPE_ALIASES = {
@@ -171,8 +174,6 @@ def get_policy(name: str | PrecisionPolicy) -> PrecisionPolicy:
 def default_policy_name(probe: EnvironmentProbe | None = None) -> tuple[str, str]:
     """(preset name, reason) for the device in ``probe`` (probed when None)."""
     if probe is None:
-        from deepscaler.precision.probe import probe_environment
-
         probe = probe_environment()
     if probe.device_type == "cuda":
         cc = probe.compute_capability

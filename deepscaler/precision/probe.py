@@ -145,7 +145,7 @@ def vllm_backend_names_from_source() -> tuple[str, ...] | None:
 def _deepscaler_kernel() -> tuple[bool, int, str]:
     """(available, max head dim, reason) from deepscaler.kernels, asked lazily; ImportError = unavailable.
     ``is_available()`` returns ``(ok, reason)`` (a bare bool is accepted too)."""
-    try:
+    try:  # local: deepscaler.kernels imports torch and triton (heavy, optional); see the package docstring
         from deepscaler import kernels
         from deepscaler.kernels import flash_attention as kernel_module
     except ImportError as exc:
@@ -166,7 +166,7 @@ def _deepscaler_kernel() -> tuple[bool, int, str]:
 @functools.lru_cache(maxsize=1)
 def probe_environment() -> EnvironmentProbe:
     """Probe this process's device and packages (cached: the answer does not change within a process)."""
-    import torch
+    import torch  # local: importing deepscaler.precision stays free of torch (see the package docstring)
 
     device_type, gpu_name, capability, is_rocm = "cpu", None, None, bool(getattr(torch.version, "hip", None))
     if torch.cuda.is_available():

@@ -27,6 +27,9 @@ from types import SimpleNamespace
 
 from deepscaler.precision.policy import PrecisionPolicy, get_policy, to_torch_dtype
 
+# torch and transformers are imported inside the functions that use them: importing deepscaler.precision stays
+# free of torch (see the package docstring).
+
 logger = logging.getLogger("deepscaler.precision")
 
 PRECISION_TOLERANCES = {"fp32": 1e-5, "tf32": 5e-3, "fp16": 2e-3, "bf16": 1e-2}
@@ -268,6 +271,7 @@ def machine_self_check(backend: str, policy: PrecisionPolicy | str, geometry) ->
            geometry.head_dim, device)
     if key not in _MACHINE_CHECKS:
         if backend == "deepscaler_flash":
+            # local: import cycle (precision.loading -> precision.resolver -> precision.selfcheck)
             from deepscaler.precision.loading import ensure_backend_registered
 
             ensure_backend_registered(backend)
