@@ -16,6 +16,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from deepscaler.precision.policy import to_torch_dtype
+from deepscaler.precision.probe import probe_environment
+from deepscaler.precision.selfcheck import (
+    allowed_mask,
+    compare,
+    make_inputs,
+    reference_attention,
+    run_backend,
+)
+
+# torch is imported inside the functions that use it, matplotlib inside plot(): `deepscaler --help` imports this
+# module to build its parser and must stay free of torch; matplotlib is a heavy optional dependency.
+
 CPU_LENGTHS = (128, 256)
 GPU_LENGTHS = (1024, 2048, 4096, 8192)
 SDPA_SUB = {"sdpa:math": "MATH", "sdpa:flash": "FLASH_ATTENTION", "sdpa:efficient": "EFFICIENT_ATTENTION",
@@ -58,7 +74,6 @@ def _str_list(text: str) -> list[str]:
 
 def available_backends(device: str) -> list[str]:
     """Backends runnable here: transformers implementations + SDPA sub-kernels forced one at a time."""
-    from deepscaler.precision.probe import probe_environment
 
     if device != "cuda":
         return ["eager", "sdpa", "sdpa:math"]  # CPU: keep the default run under a minute on small machines
@@ -112,8 +127,6 @@ def _reference(q, k, v):
     """float64 causal reference, one head at a time to bound memory."""
     import torch
 
-    from deepscaler.precision.selfcheck import allowed_mask, reference_attention
-
     seq_len = q.shape[2]
     allowed = allowed_mask(None, 1, seq_len, q.device)
     groups = q.shape[1] // k.shape[1]
@@ -131,9 +144,6 @@ def bench_cell(backend: str, dtype_name: str, seq_len: int, *, batch: int, heads
     """Measure one (backend, dtype, length); failures are recorded in ``status``, never raised.
     ``inputs`` = (q, k, v, float64 reference) shared across backends of the same dtype and length."""
     import torch
-
-    from deepscaler.precision.policy import to_torch_dtype
-    from deepscaler.precision.selfcheck import compare, make_inputs, run_backend
 
     row: dict[str, Any] = {"backend": backend, "dtype": dtype_name, "seq_len": seq_len, "batch": batch,
                            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "device": device}
@@ -171,9 +181,6 @@ def bench_attention(backends: list[str], dtypes: list[str], lengths: list[int], 
                     kv_heads: int, head_dim: int, device: str, iters: int, warmup: int,
                     backward: bool) -> list[dict[str, Any]]:
     """All cells, sorted backend-major; inputs and the float64 reference are built once per (dtype, length)."""
-    from deepscaler.precision.policy import to_torch_dtype
-    from deepscaler.precision.selfcheck import make_inputs
-
     rows = []
     for d in dtypes:
         for s in lengths:
@@ -191,8 +198,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title)
     for column in ("backend", "dtype", "S", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s",

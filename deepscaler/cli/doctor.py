@@ -12,8 +12,25 @@ import argparse
 import json
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from deepscaler.precision import (
+    PRESETS,
+    QWEN2_1_5B,
+    ModelGeometry,
+    default_policy_name,
+    get_policy,
+    parse_version,
+    probe_environment,
+    resolve_attention,
+    self_check,
+)
+from deepscaler.precision.loading import ensure_backend_registered
 
 ENV_PREFIXES = ("VLLM_", "CUDA_", "HF_", "TORCH_", "PYTORCH_", "TRANSFORMERS_", "NCCL_", "TRITON_")
 SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -47,7 +64,6 @@ def masked_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def env_var_warnings(environ: dict[str, str], vllm_version: str | None) -> list[str]:
     """Warnings about attention env vars that the installed vLLM ignores or deprecates."""
-    from deepscaler.precision.probe import parse_version
 
     warnings = []
     value = environ.get("VLLM_ATTENTION_BACKEND")
@@ -65,23 +81,11 @@ def env_var_warnings(environ: dict[str, str], vllm_version: str | None) -> list[
 def collect_report(model: str | None = None, presets: list[str] | None = None, run_self_check: bool = True,
                    seq_len: int | None = None, env=None, environ: dict[str, str] | None = None) -> dict[str, Any]:
     """The doctor report as a JSON-able dict (the CLI prints it)."""
-    from dataclasses import asdict
-
-    from deepscaler.precision import (
-        PRESETS,
-        QWEN2_1_5B,
-        ModelGeometry,
-        default_policy_name,
-        get_policy,
-        probe_environment,
-        resolve_attention,
-        self_check,
-    )
-    from deepscaler.precision.loading import ensure_backend_registered
 
     env = env or probe_environment()
     environ = dict(os.environ) if environ is None else environ
     if model:
+        # local: `deepscaler --help` imports this module to build its parser and must stay free of torch
         from transformers import AutoConfig
 
         geometry = ModelGeometry.from_config(AutoConfig.from_pretrained(model))
@@ -125,8 +129,6 @@ def collect_report(model: str | None = None, presets: list[str] | None = None, r
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=160)
     env = report["environment"]

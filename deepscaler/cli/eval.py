@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"deepscaler eval: {error}", file=sys.stderr)
         return 2
-    from deepscaler.evaluation.runner import evaluate  # loads the data and engine stack
+    # local: the runner loads torch, transformers and vLLM, kept out of `deepscaler --help`
+    from deepscaler.evaluation.runner import evaluate
 
     # <output_dir>/logs/eval.log holds vLLM's and transformers' records; without an output folder they are kept
     # until exit (deepscaler.console)

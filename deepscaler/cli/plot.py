@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepscaler.training.plots import plot_run
+    from deepscaler.training.plots import (
+        plot_run,  # local: matplotlib and torch, kept out of `deepscaler --help`
+    )
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():

@@ -5,11 +5,22 @@ With no arguments it runs the CPU demo (a tiny model learning multi-digit arithm
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import TYPE_CHECKING
+
+import yaml
+
+from deepscaler.console import open_run_log
+from deepscaler.data import DataNotFoundError
+from deepscaler.models.resolve import ModelNotFoundError, check_run_models
 
 if TYPE_CHECKING:
     from deepscaler.training.config import TrainConfig
+
+# deepscaler.training and deepscaler.demo (torch, transformers, vLLM) are imported inside run() and dry_run():
+# `deepscaler --help` imports this module to build its parser and must stay free of torch.
 
 EXAMPLES = """examples:
   deepscaler train                                            # the CPU demo (tiny model, arithmetic)
@@ -57,8 +68,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:24s} {header}")
         return 0
     if args.config is None and not args.dry_run:
-        import os
-
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             print("deepscaler train: the CPU demo runs in one process; start it without torchrun, or pass --config "
                   "for a data-parallel run", file=sys.stderr)
@@ -79,11 +88,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         return dry_run(config, args.ranks)
-    import os
-
-    from deepscaler.console import open_run_log
-    from deepscaler.data import DataNotFoundError
-    from deepscaler.models.resolve import ModelNotFoundError, check_run_models
     from deepscaler.training.checkpoint import CheckpointSaveError
     from deepscaler.training.faults import EngineFailure, NonFiniteStepsError, classify, exit_hint
     from deepscaler.training.loop import train
@@ -108,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
         classification = classify(error)
         if not classification.blames_attention:
             raise
-        import traceback
-
         traceback.print_exc()
         print(exit_hint(classification, getattr(error, "incident", None)), file=sys.stderr)
         return classification.exit_code
@@ -121,10 +123,6 @@ def run(args: argparse.Namespace) -> int:
 def dry_run(config: TrainConfig, ranks: int | None = None) -> int:
     """Print the resolved config, the batch geometry of the run and of each stage, and the memory plan; 2 when
     the plan does not fit (its block lists the numbers and the fixes)."""
-    import os
-
-    import yaml
-
     from deepscaler.training.config import stage_config, to_dict
     from deepscaler.training.geometry import batch_geometry
     from deepscaler.training.memory import plan_for_config
