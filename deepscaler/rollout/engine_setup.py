@@ -127,7 +127,8 @@ def check_vllm_features(vllm: Any, sleep_level: int, explicit_kv: bool) -> None:
     missing = [text for name, text in wanted.items() if name not in fields]
     if sleep_level and "tags" not in inspect.signature(vllm.LLM.wake_up).parameters:
         missing.append("waking weights and KV cache separately (LLM.wake_up(tags=...))")
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner  # the CPU runner subclasses it
+    # local: vLLM is a heavy optional dependency. The CPU runner subclasses GPUModelRunner.
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     if "weights_iterator" not in inspect.signature(GPUModelRunner.reload_weights).parameters:
         missing.append("in-place weight reload from an iterator (reload_weights(weights_iterator=...), vllm#32133)")

@@ -19,6 +19,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from transformers import AutoConfig
+
 from deepscaler.rollout.memory_plan import ModelGeometry, PlanInputs, engine_fixed_memory
 
 MiB = 1 << 20
@@ -74,8 +77,6 @@ class EngineMemory:
 
 def engine_device_type() -> str:
     """Where vLLM runs: "cuda" when torch sees a CUDA (or ROCm) device, else "cpu"."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -104,7 +105,7 @@ def kv_bytes_per_token(model_config: Any, rollout_dtype: str) -> tuple[int, str]
 def total_ram_bytes() -> int:
     """Physical RAM of this machine (psutil, a vLLM dependency, else sysconf)."""
     try:
-        import psutil
+        import psutil  # local: optional (a vLLM dependency); sysconf below when it is absent
 
         return int(psutil.virtual_memory().total)
     except ImportError:
@@ -113,6 +114,7 @@ def total_ram_bytes() -> int:
 
 def default_max_num_seqs() -> int:
     """EngineConfig's max_num_seqs default (what the engine runs with unless told otherwise)."""
+    # local: import cycle (rollout.engine imports rollout.memory at its top)
     from deepscaler.rollout.engine import EngineConfig
 
     return next(f.default for f in dataclasses.fields(EngineConfig) if f.name == "max_num_seqs")
@@ -184,8 +186,6 @@ def resolve_engine_memory(device_type: str, purpose: str, requested_fraction: fl
 
 def _load_config(model_config: Any) -> Any:
     if isinstance(model_config, str | os.PathLike):
-        from transformers import AutoConfig
-
         return AutoConfig.from_pretrained(str(model_config))
     return model_config
 
@@ -198,8 +198,6 @@ def _fraction_for_kv(model_config: Any, kv_bytes: int, max_model_len: int, max_n
         raise ValueError("resolve_engine_memory: the model config is needed to derive the GPU fraction an explicit "
                          "KV-cache size needs (or set the fraction too)")
     if gpu_total_bytes is None:
-        import torch
-
         gpu_total_bytes = torch.cuda.mem_get_info()[1]
     inputs = PlanInputs(ModelGeometry.from_config(_load_config(model_config)), gpu_total_bytes, max_model_len,
                         max_model_len, rollout_dtype="float32" if rollout_dtype == "auto" else rollout_dtype,
