@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from deepscaler.kernels.flash_attention import FP32_ACCURATE_PRECISIONS, PRECISIONS, flash_attention
-from deepscaler.kernels.hf_attention import ATTENTION_NAME, set_attention_precision
+from deepscaler.kernels.hf_attention import (
+    ATTENTION_NAME,
+    register_transformers_attention,
+    set_attention_precision,
+)
 
 MIN_CAPABILITY = (8, 0)
 
@@ -33,14 +39,12 @@ def is_available(env: dict[str, str] | None = None) -> tuple[bool, str]:
     for tests). ``env`` replaces ``os.environ`` for the interpreter check (tests force each branch with it).
     """
     try:
-        import triton
+        import triton  # local: triton is optional; its absence is an answer here, not an import error
     except ImportError as exc:
         return False, f"triton is not importable ({exc}); install it with `pip install triton`"
     if _interpreter_requested(env):
         return True, (f"triton {triton.__version__} CPU interpreter (TRITON_INTERPRET=1): exact but slow, "
                       "for tests only")
-    import torch
-
     if not torch.cuda.is_available():
         return False, ("no CUDA GPU; the kernel needs an NVIDIA GPU with compute capability >= 8.0 "
                        "(on CPU it runs only under TRITON_INTERPRET=1, for tests)")
@@ -52,13 +56,6 @@ def is_available(env: dict[str, str] | None = None) -> tuple[bool, str]:
         return False, (f"{name} is sm{major}{minor}; the kernel needs sm80+ for bf16/tf32 tensor cores "
                        "(use SDPA EFFICIENT for fp32 here)")
     return True, f"triton {triton.__version__} on {name} (sm{major}{minor})"
-
-
-def register_transformers_attention(name: str = ATTENTION_NAME) -> str:
-    """Register the kernel with transformers' AttentionInterface (and mask interface); returns ``name``."""
-    from deepscaler.kernels.hf_attention import register_transformers_attention as _impl
-
-    return _impl(name)
 
 
 __all__ = ["ATTENTION_NAME", "FP32_ACCURATE_PRECISIONS", "PRECISIONS", "flash_attention", "is_available",

@@ -14,6 +14,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+from deepscaler.kernels.tiles import SWEEP_CANDIDATES
+
+# triton and the kernel module (which imports triton at its top) are imported inside the functions that use them:
+# triton is a heavy optional dependency.
+
 KERNELS = ("fwd", "dkdv", "dq")
 _OPERANDS = ("Q", "K", "V", "DO")  # operand parts: bf16 for the split precisions
 _OUTPUTS = ("O", "DK", "DV", "DQ")
@@ -50,8 +55,6 @@ def _kernel_fn(kernel: str):
 
 def configs(kernel: str) -> list[tuple[int, int, int, int]]:
     """The sweep candidates of ``kernel`` (tiles.SWEEP_CANDIDATES) as (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
-    from deepscaler.kernels.tiles import SWEEP_CANDIDATES
-
     return [(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in SWEEP_CANDIDATES[kernel]]
 
 

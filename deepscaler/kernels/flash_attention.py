@@ -17,6 +17,9 @@ import torch
 
 from deepscaler.kernels.tiles import TileConfig, choose_tiles
 
+# triton and the kernel module (which imports triton at its top) are imported inside the functions that use them:
+# triton is a heavy optional dependency, and without it this module still answers is_available() and validates.
+
 PRECISIONS: tuple[str, ...] = ("ieee", "tf32x3", "bf16x6", "bf16x3")
 """Dot-product precisions for fp32 inputs (bf16x3 ~1e-5 relative error; the others fp32-accurate, <=1e-6)."""
 FP32_ACCURATE_PRECISIONS: tuple[str, ...] = ("ieee", "tf32x3", "bf16x6")

@@ -21,6 +21,9 @@ import torch
 
 from deepscaler.kernels.flash_attention import PRECISIONS, flash_attention
 
+# transformers is imported inside the functions that use it: importing deepscaler.kernels (which precision.probe
+# does on every environment probe) stays free of transformers.
+
 ATTENTION_NAME = "deepscaler_flash"
 DEFAULT_PRECISION = "bf16x6"
 CONFIG_ATTRIBUTE = "deepscaler_attention_precision"
