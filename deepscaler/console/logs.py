@@ -188,7 +188,8 @@ def _route_third_party() -> None:
     logging.getLogger("py.warnings").setLevel(logging.DEBUG)
     if _state.verbose:
         return
-    # imported here: the CLI imports this module for `deepscaler --help`, which must not load transformers
+    # imported here: the CLI imports this module for `deepscaler --help`, which must not load transformers (nor
+    # datasets, which is optional)
     import huggingface_hub.utils
     import transformers.utils.logging
 

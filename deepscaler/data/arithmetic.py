@@ -23,10 +23,8 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from deepscaler.data.problems import Problem
+from deepscaler.data.problems import Problem
 
 OPERATIONS = ("+", "-")
 
@@ -174,8 +172,6 @@ def _draw_operand(rng: random.Random, config: ArithmeticTaskConfig) -> int:
 def to_problems(problems: list[ArithmeticProblem], source: str = "arithmetic") -> list[Problem]:
     """The problems as :class:`deepscaler.data.Problem` records (what the training loop and evaluation take),
     with the gold response in ``extra['gold_response']``."""
-    from deepscaler.data.problems import Problem
-
     return [Problem(id=f"{source}-{p.key}", problem=p.problem, answers=[p.answer], source=source,
                     extra={"gold_response": p.gold_response(), "a": p.a, "op": p.op, "b": p.b})
             for p in problems]

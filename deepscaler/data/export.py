@@ -32,6 +32,7 @@ def to_verl_rows(problems: Sequence[Problem], split: str) -> list[dict[str, Any]
 
 def write_verl_parquet(problems: Sequence[Problem], path: str | os.PathLike, split: str) -> None:
     """Save ``to_verl_rows`` as a parquet file (``load_problems`` reads it back)."""
+    # local: pyarrow is heavy and only this export needs it (reading data folders does not)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -62,7 +62,7 @@ def read_rows(path: Path) -> list[Any]:
                                      "each line must hold one JSON object") from None
         return rows
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # local: heavy, only a parquet file needs it
 
         return pq.read_table(path).to_pylist()
     raise ValueError(f"{path}: unsupported file type '{suffix}' (use .json, .jsonl, .parquet, a folder saved "
@@ -131,7 +131,7 @@ def load_problems(spec: str | os.PathLike, data_dir: str | os.PathLike | None = 
 
 def _read_folder(path: Path, split: str) -> list[Any]:
     """A ``save_to_disk`` folder via ``load_from_disk``; any other folder of data files via ``load_dataset``."""
-    import datasets
+    import datasets  # local: heavy (pyarrow, fsspec), only a dataset folder needs it
 
     if _is_saved_dataset(path):
         dataset = datasets.load_from_disk(str(path))
@@ -142,7 +142,7 @@ def _read_folder(path: Path, split: str) -> list[Any]:
 
 def _read_hub(dataset_id: str, split: str) -> list[Any]:
     """A Hub dataset through ``datasets.load_dataset`` (needs network access or a local HF cache)."""
-    import datasets
+    import datasets  # local: heavy (pyarrow, fsspec), only a Hub dataset needs it
 
     try:
         dataset = datasets.load_dataset(dataset_id)

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepscaler.rewards import extract_boxed
+
 # The instruction DeepScaleR appends to every problem (after one space); also stripped from chat-format rows.
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 
@@ -58,8 +60,6 @@ def _row_error(where: str, row: int, message: str, hint: str = _ROW_HINT) -> Row
 
 def last_boxed_content(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` in ``text`` with braces matched, or None if there is none."""
-    from deepscaler.rewards import extract_boxed
-
     return extract_boxed(text)
 
 
