@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import pre_tokenizers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
@@ -78,8 +79,6 @@ class TinyModelSpec:
 def build_tiny_model(tokenizer: Qwen2Tokenizer, spec: TinyModelSpec | None = None,
                      seed: int = 0) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2ForCausalLM in float32 sized for ``tokenizer``."""
-    import torch
-
     spec = spec or TinyModelSpec()
     fields = asdict(spec)
     rope_theta = fields.pop("rope_theta")

@@ -5,6 +5,7 @@ vLLM until the loop is asked for)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _LAZY = {
@@ -21,7 +22,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'deepscaler.training' has no attribute {name!r}")
