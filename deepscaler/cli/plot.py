@@ -18,9 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepscaler.training.plots import (
-        plot_run,  # local: matplotlib and torch, kept out of `deepscaler --help`
-    )
+    # local: matplotlib and torch, kept out of `deepscaler --help` (which imports this module for its parser)
+    from deepscaler.training.plots import plot_run
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
