@@ -3,18 +3,9 @@ harmless (the rotary cos/sin cache is the one the engine had), and that it is lo
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from deepscaler.console import logs
-
-
-@pytest.fixture
-def fresh_console(monkeypatch, tmp_path):
-    monkeypatch.setenv("DEEPSCALER_LOG_DIR", str(tmp_path / "stray-logs"))
-    logs._reset_for_tests()
-    yield
-    logs._reset_for_tests()
 
 
 def _rotary_caches(worker) -> dict[str, torch.Tensor]:
