@@ -30,7 +30,7 @@ from deepscaler.precision import (
     resolve_attention,
     self_check,
 )
-from deepscaler.precision.loading import ensure_backend_registered
+from deepscaler.precision.registration import ensure_backend_registered
 
 ENV_PREFIXES = ("VLLM_", "CUDA_", "HF_", "TORCH_", "PYTORCH_", "TRANSFORMERS_", "NCCL_", "TRITON_")
 SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)

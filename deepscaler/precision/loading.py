@@ -11,12 +11,12 @@ from typing import Any
 from deepscaler.precision.decision import AttentionDecision, log_decision
 from deepscaler.precision.policy import PrecisionPolicy, get_policy, to_torch_dtype
 from deepscaler.precision.probe import EnvironmentProbe
+from deepscaler.precision.registration import ensure_backend_registered
 from deepscaler.precision.resolver import FA_FALSE_ALARM_NOTE, resolve_attention
 
 # transformers and deepscaler.kernels (torch, triton) are imported inside the functions that use them: importing
 # deepscaler.precision stays free of torch (see the package docstring).
 
-OUR_KERNEL = "deepscaler_flash"
 _FA_DTYPE_WARNING = "only supports torch.float16 and torch.bfloat16 dtypes"
 
 
@@ -44,22 +44,6 @@ def suppress_flash_dtype_false_alarm(decision: AttentionDecision) -> Iterator[No
     finally:
         for log in loggers:
             log.removeFilter(filt)
-
-
-def ensure_backend_registered(backend: str) -> None:
-    """Make sure transformers knows ``backend``; registers deepscaler's Triton kernel on first use."""
-    if backend != OUR_KERNEL:
-        return
-    from transformers import AttentionInterface
-
-    if OUR_KERNEL in AttentionInterface():
-        return
-    from deepscaler.kernels import register_transformers_attention
-
-    register_transformers_attention()
-    if OUR_KERNEL not in AttentionInterface():
-        raise RuntimeError(f"attention backend {OUR_KERNEL!r} was chosen but deepscaler.kernels did not register "
-                           "it with transformers' AttentionInterface; set attention_backend='sdpa' to bypass")
 
 
 def load_causal_lm(path: str | Path, policy: PrecisionPolicy | str, request: str = "auto",

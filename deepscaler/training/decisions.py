@@ -23,10 +23,10 @@ from deepscaler.precision import (
     resolve_attention,
 )
 from deepscaler.rollout import EngineConfig, EngineMemory, engine_device_type, resolve_engine_memory
-from deepscaler.rollout.engine import RolloutDecision, resolve_rollout_attention
+from deepscaler.rollout.engine_setup import RolloutDecision, resolve_rollout_attention
 from deepscaler.rollout.memory_plan import MemoryPlan
-from deepscaler.training.config import TrainConfig, stage_config
-from deepscaler.training.memory import plan_for_config
+from deepscaler.training.config import TrainConfig
+from deepscaler.training.memory import engine_max_model_len, plan_for_config
 from deepscaler.training.micro_batches import resolve_layout
 from deepscaler.training.packing import packed_attention_for
 
@@ -122,13 +122,6 @@ def decide_device(request: str) -> tuple[torch.device, str]:
         raise RuntimeError(f"precision.device={request} but torch sees no CUDA device; use precision.device=cpu "
                            "or auto")
     return device, "precision.device"
-
-
-def engine_max_model_len(config: TrainConfig) -> int:
-    """The rollout engine's context: the longest prompt + response (training or validation) over all stages."""
-    configs = [stage_config(config, s) for s in config.trainer.stages] or [config]
-    return max(c.data.max_prompt_length + max(c.data.max_response_length, c.validation.max_response_length or 0)
-               for c in configs)
 
 
 def engine_memory(config: TrainConfig, rollout_dtype: str, model_path: str, max_model_len: int,

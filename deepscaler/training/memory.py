@@ -26,6 +26,13 @@ PLANNED_POLICY = "bf16-mixed"
 """Precision planned for ``precision.policy=auto`` on a GPU that is not here: the preset auto picks on sm80+."""
 
 
+def engine_max_model_len(config: TrainConfig) -> int:
+    """The rollout engine's context: the longest prompt + response (training or validation) over all stages."""
+    configs = [stage_config(config, s) for s in config.trainer.stages] or [config]
+    return max(c.data.max_prompt_length + max(c.data.max_response_length, c.validation.max_response_length or 0)
+               for c in configs)
+
+
 def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: int | None = None,
                     policy: Any = None, model_config: Any = None) -> tuple[MemoryPlan | None, str]:
     """(the plan or None, a note saying what it planned for or why there is none).
@@ -38,8 +45,6 @@ def plan_for_config(config: TrainConfig, *, ranks: int = 1, gpu_memory_bytes: in
         policy: the resolved PrecisionPolicy (None: from ``precision.policy``, bf16-mixed for auto).
         model_config: the policy's transformers config (None: read from ``model.path``).
     """
-    from deepscaler.training.decisions import engine_max_model_len  # decisions imports this module (a cycle)
-
     if gpu_memory_bytes is None and config.precision.gpu_memory is not None:
         gpu_memory_bytes = parse_bytes(config.precision.gpu_memory)
     if gpu_memory_bytes is None:

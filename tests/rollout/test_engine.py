@@ -96,7 +96,7 @@ def test_update_weights_in_place_changes_scores(engine, hf_model, tiny_model_dir
 
 
 def test_chunked_prefill_choice_each_branch():
-    from deepscaler.rollout.engine import chunked_prefill_choice
+    from deepscaler.rollout.engine_setup import chunked_prefill_choice
 
     assert chunked_prefill_choice(None, "cpu")[0] is False
     assert chunked_prefill_choice(None, "cuda")[0] is None

@@ -37,11 +37,11 @@ class RecordedLLM:
 @pytest.fixture
 def recorded(monkeypatch):
     """vllm.LLM replaced by RecordedLLM, and the machine probed as a CPU one (so this runs on GPU hosts too)."""
-    import deepscaler.rollout.engine as engine_module
+    import deepscaler.rollout.engine_setup as setup_module
 
-    real_probe = engine_module.probe_environment
+    real_probe = setup_module.probe_environment
     cpu = dataclasses.replace(real_probe(), device_type="cpu", gpu_name=None, compute_capability=None)
-    monkeypatch.setattr(engine_module, "probe_environment", lambda: cpu)
+    monkeypatch.setattr(setup_module, "probe_environment", lambda: cpu)
     monkeypatch.setattr(vllm, "LLM", RecordedLLM)
     RecordedLLM.built = []
     return RecordedLLM.built
