@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [py, "-m", "deepscaler", "doctor", "--json", str(doctor_json)] + ([] if gpu else ["--no-self-check"])
         check.run("doctor", cmd, doctor_json)
     if gpu and "policy" in args.parts:
-        check.run("policy", [py, "benchmarks/policy_update.py", "--variants", "tf32-head", "head-chunk-1024",
+        check.run("policy", [py, "benchmarks/policy_update.py", "--variants", "tf32-head", "head-chunk-4096",
                              "--out", str(policy_json)], policy_json)
     check.write()
     check.say(f"wrote {check.out / 'device_check.json'} and device_check.md in {check.report['elapsed_s']} s")

@@ -34,6 +34,8 @@ from types import SimpleNamespace
 
 import torch
 
+from deepscaler.rollout.memory_plan import LM_HEAD_CHUNK
+
 # R1-Distill-Qwen-1.5B (Qwen2 architecture), from its config.json.
 QWEN2_1_5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=131072, rope_theta=10000.0,
@@ -48,7 +50,7 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
 
 VARIANTS = {
     "tf32-head": "TF32 allowed during the update: only the fp32 LM head matmuls change (the body runs in bf16)",
-    "head-chunk-1024": "token_logprobs with 1024 response tokens per LM-head chunk instead of 4096",
+    "head-chunk-4096": "token_logprobs with 4096 response tokens per LM-head chunk (the default before 1024)",
 }
 """What-if rows: deepscaler's bf16-mixed update with one thing changed, to size where its time and memory go."""
 
@@ -83,7 +85,7 @@ def flop_count(config, n_params: int, seq_lens: list[int]) -> float:
     return 6.0 * n_params * sum(seq_lens) + attention
 
 
-def predicted_peak_bytes(config, n_params_total: int, tokens: int, policy, chunk_tokens: int = 4096,
+def predicted_peak_bytes(config, n_params_total: int, tokens: int, policy, chunk_tokens: int = LM_HEAD_CHUNK,
                          plain: bool = False, response_tokens: int | None = None) -> dict[str, float]:
     """A first-order memory model of one update with gradient checkpointing (bytes).
 
@@ -136,7 +138,7 @@ def deepscaler_update(args, config, policy_name: str, device: torch.device, vari
     import importlib
 
     from deepscaler.precision import get_policy, probe_environment, resolve_attention
-    from deepscaler.precision.loading import ensure_backend_registered
+    from deepscaler.precision.registration import ensure_backend_registered
     from deepscaler.training.config import load_config
     from deepscaler.training.distributed import SINGLE_PROCESS
     from deepscaler.training.micro_batches import MicroBatcher, resolve_layout
@@ -150,8 +152,8 @@ def deepscaler_update(args, config, policy_name: str, device: torch.device, vari
     original_logprobs = update.token_logprobs
     if variant == "tf32-head":
         torch.backends.cuda.matmul.allow_tf32 = True
-    elif variant == "head-chunk-1024":
-        update.token_logprobs = functools.partial(original_logprobs, chunk_size=1024)
+    elif variant == "head-chunk-4096":
+        update.token_logprobs = functools.partial(original_logprobs, chunk_size=4096)
     decision = resolve_attention("trainer", config, policy, env=probe_environment())
     ensure_backend_registered(decision.backend)
     model = build_model(config, policy, device, decision.backend)

@@ -17,7 +17,7 @@ Two moments decide whether a run fits (everything per rank, in bytes):
 
 ``usable`` is the card minus a headroom share for what no formula here counts (allocator fragmentation, cuBLAS
 and NCCL workspaces). Every figure is an estimate from the model's geometry and the trainer's code
-(``deepscaler.training.packing.token_logprobs``: response tokens through the LM head in fp32 chunks of 4096,
+(``deepscaler.training.packing.token_logprobs``: response tokens through the LM head in fp32 chunks of 1024,
 checkpointed); the device check compares the trainer's peak with a measurement.
 """
 
@@ -44,8 +44,10 @@ CUDA_GRAPH_BYTES = 1 * GiB
 "Graph capturing finished ... took X GiB"); not released by sleep mode unless ``sleep_mode_offload_cudagraph``."""
 MAX_FRACTION = 0.95
 """Largest fraction the plan chooses on its own."""
-LM_HEAD_CHUNK = 4096
-"""Response tokens per LM-head chunk in the trainer (``token_logprobs(chunk_size=4096)``)."""
+LM_HEAD_CHUNK = 1024
+"""Response tokens per LM-head chunk in the trainer (``token_logprobs``' default). Measured on an H200 with the
+1.5B geometry and 16K tokens: 1024 instead of 4096 took the update's peak from 40.0 to 33.2 GiB at the same speed
+(1.242 vs 1.228 s), since a chunk of Qwen2's 152K-token vocabulary is 0.6 GB of fp32 per copy instead of 2.5."""
 LM_HEAD_BACKWARD_COPIES = 5
 """[chunk, vocab] fp32 tensors alive at once in a chunk's recomputed backward: the scaled logits and softmax saved
 by the entropy term, plus three in flight (the gradients of softmax, of the scaled logits and of the logits)."""

@@ -27,6 +27,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 from deepscaler.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, temperature_scale
+from deepscaler.rollout.memory_plan import LM_HEAD_CHUNK
 
 logger = logging.getLogger(__name__)
 PackedAttention = Literal["position_ids", "explicit_mask"]
@@ -278,7 +279,7 @@ def block_diagonal_causal_mask(segment_ids: torch.Tensor, implementation: str, d
 
 # ------------------------------------------------------------------------------------------------ log-probs
 def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float = 1.0,
-                   compute_entropy: bool = False, chunk_size: int = 4096,
+                   compute_entropy: bool = False, chunk_size: int = LM_HEAD_CHUNK,
                    packed_attention: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob (and entropy) of every response token under ``model`` at ``temperature``.
 

@@ -42,7 +42,7 @@ def test_deepscalers_fraction_without_sleep_mode_is_refused_naming_the_fix(capsy
                              "rollout.gpu_memory_utilization=0.85")
     assert code == 2 and "memory plan does not fit" in err
     assert "verdict: does not fit" in out
-    assert "fixes that fit: rollout.gpu_memory_utilization=null (the plan chooses): gpu_memory_utilization 0.34" in out
+    assert "fixes that fit: rollout.gpu_memory_utilization=null (the plan chooses): gpu_memory_utilization 0.45" in out
 
 
 def test_without_checkpointing_the_fix_is_checkpointing(capsys, r1_config_dir):
