@@ -2,7 +2,8 @@
 
 Phases (each timed; a rerun in the same run folder skips what is done, so ``kill -9`` and rerun finishes):
 
-1. build a ~0.4M-parameter Qwen2 model and the character-level tokenizer (:mod:`deepscaler.models.tiny`);
+1. build a ~0.4M-parameter Qwen2 model and a byte-level tokenizer whose prompt words are single tokens
+   (:mod:`deepscaler.models.tiny`);
 2. supervised warm-up (:mod:`deepscaler.demo.warmup`) on a teacher whose column-by-column traces of 2-3 digit
    addition and subtraction are right but whose boxed answer is the result plus one on 70 % of the problems
    (:mod:`deepscaler.demo.teacher`); run to convergence, with greedy Pass@1 measured along the way to show

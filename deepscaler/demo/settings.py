@@ -7,6 +7,7 @@ goes there.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -100,13 +101,47 @@ def split_overrides(overrides: Sequence[str]) -> tuple[DemoSettings, list[str]]:
     return settings, rest
 
 
+def idle_cores(window_s: float = 0.5) -> tuple[float, str] | None:
+    """How many cores sat idle over the last ``window_s`` seconds, from two reads of ``/proc/stat``, and how
+    that was measured; None where there is no ``/proc/stat`` (macOS, Windows).
+
+    The 1-minute load average lags: right after a test run ends it still reads ~2 on an idle 2-core machine, so
+    a demo started then would run on one thread for nothing. Two reads half a second apart see the machine now.
+    """
+    def read() -> tuple[list[int], int] | None:
+        try:
+            with open("/proc/stat") as stat:
+                lines = stat.read().splitlines()
+        except OSError:
+            return None
+        total = [int(v) for v in lines[0].split()[1:]]
+        return total, sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+
+    first = read()
+    if first is None:
+        return None
+    time.sleep(window_s)
+    second = read()
+    if second is None:
+        return None
+    (before, cores), (after, _) = first, second
+    deltas = [b - a for a, b in zip(before, after, strict=False)]
+    elapsed = sum(deltas)
+    if elapsed <= 0 or cores <= 0:
+        return None
+    idle = deltas[3] + (deltas[4] if len(deltas) > 4 else 0)  # idle + iowait columns
+    return cores * idle / elapsed, f"over the last {window_s:g}s"
+
+
 def choose_num_threads(request: str = "auto", cpu_count: int | None = None,
-                       load_average: float | None = None) -> tuple[int, str]:
+                       idle: tuple[float, str] | None = None) -> tuple[int, str]:
     """Torch intra-op threads for the warm-up and the trainer, and why.
 
     OpenMP threads wait for each other at the end of every parallel region, so when other processes hold the
     cores one slow thread stalls the rest: on a 2-core machine at load ~4, a training step took 4.3x longer
-    with 2 threads than with 1. "auto" therefore uses every core only when at least 1.5 cores are idle.
+    with 2 threads than with 1. "auto" therefore uses every core only when at least 1.5 cores are idle now
+    (:func:`idle_cores`; the 1-minute load average where ``/proc/stat`` is missing). ``idle`` is
+    (idle cores, how measured), measured here when None.
     """
     cpu_count = cpu_count or os.cpu_count() or 1
     if request != "auto":
@@ -117,10 +152,15 @@ def choose_num_threads(request: str = "auto", cpu_count: int | None = None,
         if threads < 1:
             raise ConfigError(f"demo.threads={threads}: use 'auto' or a positive integer")
         return threads, "demo.threads"
-    if load_average is None:
-        load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    idle = cpu_count - load_average
-    if cpu_count > 1 and idle >= 1.5:
-        return cpu_count, f"auto: {idle:.1f} of {cpu_count} cores idle (1-min load {load_average:.1f})"
-    return 1, (f"auto: only {max(idle, 0):.1f} of {cpu_count} cores idle (1-min load {load_average:.1f}); "
+    if cpu_count == 1:
+        return 1, "auto: one core"
+    if idle is None:
+        idle = idle_cores()
+    if idle is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        idle = (cpu_count - load, f"by the 1-min load average {load:.1f}")
+    free, how = min(idle[0], cpu_count), idle[1]
+    if free >= 1.5:
+        return cpu_count, f"auto: {free:.1f} of {cpu_count} cores idle {how}"
+    return 1, (f"auto: only {max(free, 0):.1f} of {cpu_count} cores idle {how}; "
                "one thread avoids OpenMP threads stalling on busy cores")

@@ -1,13 +1,14 @@
-"""A tiny Qwen2 causal LM and a character-level math tokenizer, built locally.
+"""A tiny Qwen2 causal LM and a byte-level math tokenizer, built locally.
 
 Tests and the CPU demo need a real model that both transformers and vLLM load from a folder, without any
-download. The tokenizer writes any text: every byte is a token, and the LaTeX and
-reasoning markers that matter to the reward (``\\boxed``, ``\\frac``, ``<think>``, ``</think>`` …) are single
-tokens, so a model learns to emit them in one step.
+download. The tokenizer writes any text: every byte is a token, the LaTeX and reasoning markers that matter to
+the reward (``\\boxed``, ``\\frac``, ``<think>``, ``</think>`` …) are single tokens, so a model learns to emit
+them in one step, and the words of given texts (the demo's prompt) can be single tokens too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,20 +36,29 @@ _CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(think_prefill: bool = False) -> Qwen2Tokenizer:
-    """A byte-level Qwen2 tokenizer with no merges (one token per byte) plus single tokens for the
-    math/LaTeX markers, and a chat template.
+def build_tiny_tokenizer(think_prefill: bool = False, words: Sequence[str] = ()) -> Qwen2Tokenizer:
+    """A byte-level Qwen2 tokenizer (one token per byte) plus single tokens for the math/LaTeX markers, and a chat
+    template.
 
     It is a real ``Qwen2Tokenizer`` (not a generic fast tokenizer) because ``AutoTokenizer`` — in
     transformers and inside vLLM — rebuilds any tokenizer of a ``qwen2`` model as ``Qwen2Tokenizer``; a
     different pre-tokenizer would be silently replaced on reload.
+
+    Args:
+        think_prefill: the generation prompt ends in ``<think>\\n`` (DeepSeek-R1-Distill's template since
+            2025-02-09).
+        words: texts whose words (``What``, `` think``, ``'s`` … as Qwen2's pre-tokenizer cuts them, so a word
+            after a space is merged with its space) become single tokens through BPE merges, as a trained
+            vocabulary has them for frequent words. Without them an instruction costs one token per character;
+            digits stay one token each, as in Qwen2.
     """
     vocab: dict[str, int] = {}
     for token in SPECIAL_TOKENS + sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab.setdefault(token, len(vocab))
+    merges = _word_merges(words, vocab) if words else []
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
-        merges=[],
+        merges=merges,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
@@ -58,7 +68,28 @@ def build_tiny_tokenizer(think_prefill: bool = False) -> Qwen2Tokenizer:
     )
     tokenizer.add_tokens(MATH_TOKENS)
     tokenizer.chat_template = _CHAT_TEMPLATE.replace("{PREFILL}", "<think>\n" if think_prefill else "")
+    split = [tokenizer.backend_tokenizer.model.tokenize("".join(pair)) for pair in merges]
+    if any(len(tokens) != 1 for tokens in split):  # one word's merges cut another word apart
+        raise ValueError(f"build_tiny_tokenizer(words=...): merges conflict for {[t for t in split if len(t) != 1]}")
     return tokenizer
+
+
+def _word_merges(words: Sequence[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """BPE merges that join each alphabetic piece of ``words`` (as Qwen2's pre-tokenizer cuts them: " think" with its
+    space, "What" at the start) left to right into one token; the prefixes join ``vocab`` on the way, since BPE
+    needs every intermediate piece to be a token."""
+    splitter = build_tiny_tokenizer().backend_tokenizer.pre_tokenizer
+    merges: list[tuple[str, str]] = []
+    for text in words:
+        for piece, _ in splitter.pre_tokenize_str(text):
+            if len(piece) < 2 or not piece.lstrip("\u0120'").isalpha():  # \u0120 ("Ġ"): the byte-level space
+                continue
+            for end in range(1, len(piece)):
+                pair = (piece[:end], piece[end])
+                if pair not in merges:
+                    merges.append(pair)
+                vocab.setdefault(piece[: end + 1], len(vocab))
+    return merges
 
 
 @dataclass

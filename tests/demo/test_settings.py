@@ -3,23 +3,53 @@ branches, and the demo recipe."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from deepscaler.demo.settings import DemoSettings, choose_num_threads, split_overrides
+from deepscaler.demo import settings as settings_module
+from deepscaler.demo.settings import DemoSettings, choose_num_threads, idle_cores, split_overrides
 from deepscaler.training.config import ConfigError, load_config
 
 
-def test_choose_num_threads_each_branch():
-    threads, reason = choose_num_threads("auto", cpu_count=2, load_average=0.2)
-    assert threads == 2 and "idle" in reason
-    threads, reason = choose_num_threads("auto", cpu_count=2, load_average=4.0)
+def test_choose_num_threads_each_branch(monkeypatch):
+    threads, reason = choose_num_threads("auto", cpu_count=2, idle=(1.9, "over the last 0.5s"))
+    assert threads == 2 and "1.9 of 2 cores idle over the last 0.5s" in reason
+    threads, reason = choose_num_threads("auto", cpu_count=2, idle=(0.4, "over the last 0.5s"))
     assert threads == 1 and "stalling" in reason
-    assert choose_num_threads("auto", cpu_count=1, load_average=0.0)[0] == 1
-    assert choose_num_threads("3", cpu_count=2, load_average=9.0) == (3, "demo.threads")
+    assert choose_num_threads("auto", cpu_count=1) == (1, "auto: one core")
+    assert choose_num_threads("3", cpu_count=2, idle=(0.0, "")) == (3, "demo.threads")
     with pytest.raises(ValueError, match="demo.threads"):
         choose_num_threads("many")
     with pytest.raises(ValueError, match="demo.threads"):
         choose_num_threads("0")
+    # Without /proc/stat the 1-minute load average decides.
+    monkeypatch.setattr(settings_module, "idle_cores", lambda: None)
+    monkeypatch.setattr(settings_module.os, "getloadavg", lambda: (3.5, 3.0, 3.0))
+    threads, reason = choose_num_threads("auto", cpu_count=2)
+    assert threads == 1 and "1-min load average 3.5" in reason
+    monkeypatch.setattr(settings_module.os, "getloadavg", lambda: (0.1, 3.0, 3.0))
+    assert choose_num_threads("auto", cpu_count=2)[0] == 2
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat")
+def test_idle_cores_sees_a_busy_core():
+    """A process spinning on one core during the sample leaves at most cores - 0.5 idle, whatever else runs."""
+    cores = os.cpu_count() or 1
+    idle, how = idle_cores(0.05)
+    assert 0.0 <= idle <= cores + 1e-6 and how == "over the last 0.05s"
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        busy_idle, _ = idle_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy_idle <= cores - 0.5
 
 
 def test_split_overrides_routes_demo_keys_and_checks_types():
