@@ -280,7 +280,8 @@ def block_diagonal_causal_mask(segment_ids: torch.Tensor, implementation: str, d
 # ------------------------------------------------------------------------------------------------ log-probs
 def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float = 1.0,
                    compute_entropy: bool = False, chunk_size: int = LM_HEAD_CHUNK,
-                   packed_attention: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+                   packed_attention: str = "auto",
+                   entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob (and entropy) of every response token under ``model`` at ``temperature``.
 
     The backbone runs once; the LM head, ÷ temperature, log-softmax and entropy run only on the response
@@ -293,6 +294,9 @@ def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float
         batch: from :func:`pack_sequences` or :func:`pad_sequences`, on the model's device.
         temperature: the rollout temperature. compute_entropy: also return entropies.
         chunk_size: response tokens per LM-head chunk. packed_attention: see :func:`resolve_packed_attention`.
+        entropy_grad: the entropy carries a gradient. False when the loss does not use it (a metric only, as
+            with ``entropy_coef=0``): then no ``[chunk, vocab]`` tensor is kept and no backward runs for it; the
+            gradients of the log-probs are the same.
     Returns:
         ``(logprobs [B, R], entropy [B, R] or None)``, zero on padding (``batch.response_mask``).
     """
@@ -324,7 +328,10 @@ def token_logprobs(model: torch.nn.Module, batch: ModelBatch, temperature: float
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             logits = temperature_scale(logits, temperature)
-            entropy = entropy_from_logits(logits) if compute_entropy else logits.new_zeros(t.shape)
+            if compute_entropy:
+                entropy = entropy_from_logits(logits if entropy_grad else logits.detach())
+            else:
+                entropy = logits.new_zeros(t.shape)
             return logprobs_from_logits(logits, t), entropy
 
     use_checkpoint = torch.is_grad_enabled() and response_hidden.requires_grad

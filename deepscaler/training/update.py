@@ -91,8 +91,10 @@ def update_policy(run: Run, batch: Rollouts, advantages: torch.Tensor, old_logpr
                     model_input = batcher.make([batch.prompt_ids[i] for i in ids],
                                                [batch.response_ids[i] for i in ids])
                     with decisions.policy.autocast(device.type):
+                        # The entropy is logged always; it needs a gradient only when the loss uses it.
                         logprobs, entropy = token_logprobs(run.model, model_input, temperature, compute_entropy=True,
-                                                           packed_attention=decisions.packed_attention)
+                                                           packed_attention=decisions.packed_attention,
+                                                           entropy_grad=config.entropy_coef != 0)
                     rollout_logprobs = None
                     if use_rollout_logprobs:
                         rollout_logprobs = pad_responses([torch.tensor(batch.rollout_logprobs[i])

@@ -205,6 +205,27 @@ def test_entropy_matches_full_distribution_and_chunked_gradient_matches(model64)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-13)
 
 
+def test_entropy_without_gradient_keeps_values_and_logprob_gradients(model64):
+    """entropy_grad=False (entropy a metric only): the same entropies, no graph behind them, and the log-probs'
+    gradients unchanged, with one chunk and with many checkpointed chunks."""
+    prompts, responses = _sequences(seed=3)
+    batch = pack_sequences(prompts, responses)
+    results = {}
+    for entropy_grad in (True, False):
+        for chunk_size in (4096, 3):
+            model64.zero_grad()
+            logp, ent = token_logprobs(model64, batch, TEMPERATURE, compute_entropy=True, chunk_size=chunk_size,
+                                       entropy_grad=entropy_grad)
+            assert ent.requires_grad is entropy_grad
+            logp.sum().backward()
+            results[entropy_grad, chunk_size] = (ent.detach(), torch.cat([p.grad.flatten()
+                                                                          for p in model64.parameters()]))
+    for chunk_size in (4096, 3):
+        (ent_a, grad_a), (ent_b, grad_b) = results[True, chunk_size], results[False, chunk_size]
+        torch.testing.assert_close(ent_b, ent_a, rtol=0, atol=0)  # same arithmetic, only the graph differs
+        torch.testing.assert_close(grad_b, grad_a, rtol=0, atol=0)
+
+
 def test_lm_head_stays_float32_under_bf16_autocast():
     model = build_tiny_model(build_tiny_tokenizer(), seed=0).eval()  # float32 weights, bf16 compute
     prompts, responses = _sequences(seed=2)
