@@ -1,7 +1,7 @@
 """How the rollout engine is started on each device: its dtype and attention backend (from the precision resolver),
 sleep level, CUDA graphs, executor, chunked prefill and precision environment (each a (choice, reason) with one
-override), the vLLM features the engine relies on, and the trainer state that
-starting vLLM in this process must not change.
+override), the vLLM features the engine relies on, and the trainer state that starting vLLM in this process must
+not change.
 
 vLLM runs inside the trainer's process (the "hybrid engine" of TRL's colocate mode and verl), so whatever it sets
 process-wide lands in the trainer: its worker sets ``torch.set_float32_matmul_precision("highest")`` by default
