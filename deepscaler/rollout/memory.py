@@ -35,9 +35,9 @@ DEFAULT_MAX_NUM_SEQS = 256
 the memory sizing assumes it too."""
 CPU_FRACTION = 0.1
 """vLLM wants a fraction even when the KV-cache size is explicit; on CPU it only matters without one."""
-CPU_KV_MAX_SEQS = 256
-"""At most this many sequences are sized into the CPU KV cache (vLLM's default max_num_seqs): decoding more at
-once on a CPU gains nothing, it only holds more RAM."""
+CPU_KV_MAX_SEQS = DEFAULT_MAX_NUM_SEQS
+"""At most this many sequences are sized into the CPU KV cache (the engine's default max_num_seqs): decoding more
+at once on a CPU gains nothing, it only holds more RAM."""
 CPU_KV_FLOOR_BYTES = 64 * MiB
 """Smallest computed CPU KV cache: tiny models still get a cache that fits comfortably."""
 CPU_KV_RAM_SHARE = 0.25
